@@ -1,0 +1,367 @@
+/*
+ * shim.c: the only xenp2m code that includes Xen headers.
+ *
+ * It turns libxenctrl's conventions (NULL/-1 plus errno, logging to stderr
+ * through a default logger) into the narrow ABI of xenp2m_shim.h: positive
+ * errno returns, plain structs, and log lines handed to a callback.
+ */
+#ifndef XC_WANT_COMPAT_MAP_FOREIGN_API
+#define XC_WANT_COMPAT_MAP_FOREIGN_API
+#endif
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <xenctrl.h>
+#include <xenforeignmemory.h>
+#include <xenguest.h>
+#include <xenstore.h>
+#include <xentoollog.h>
+#include <xen/foreign/x86_32.h>
+#include <xen/foreign/x86_64.h>
+
+#include "xenp2m_shim.h"
+
+/*
+ * The engine parses raw shared-info pages (live and from core files) with
+ * fixed offsets. Pin them to Xen's own layout so a header change breaks the
+ * build instead of silently misreading guests.
+ */
+_Static_assert(offsetof(struct shared_info_x86_64, arch) + offsetof(struct arch_shared_info_x86_64, max_pfn) == 3088, "64-bit max_pfn");
+_Static_assert(offsetof(struct shared_info_x86_64, arch) + offsetof(struct arch_shared_info_x86_64, pfn_to_mfn_frame_list_list) == 3096, "64-bit fll");
+_Static_assert(offsetof(struct shared_info_x86_64, arch) + offsetof(struct arch_shared_info_x86_64, p2m_cr3) == 3112, "64-bit p2m_cr3");
+_Static_assert(offsetof(struct shared_info_x86_64, arch) + offsetof(struct arch_shared_info_x86_64, p2m_vaddr) == 3120, "64-bit p2m_vaddr");
+_Static_assert(offsetof(struct shared_info_x86_64, arch) + offsetof(struct arch_shared_info_x86_64, p2m_generation) == 3128, "64-bit generation");
+_Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_shared_info_x86_32, max_pfn) == 2316, "32-bit max_pfn");
+_Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_shared_info_x86_32, pfn_to_mfn_frame_list_list) == 2320, "32-bit fll");
+_Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_shared_info_x86_32, p2m_cr3) == 2328, "32-bit p2m_cr3");
+_Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_shared_info_x86_32, p2m_vaddr) == 2332, "32-bit p2m_vaddr");
+_Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_shared_info_x86_32, p2m_generation) == 2336, "32-bit generation");
+_Static_assert(sizeof(xen_pfn_t) == sizeof(uint64_t), "64-bit toolstack only");
+_Static_assert(XP2M_LOG_DEBUG == XTL_DEBUG && XP2M_LOG_VERBOSE == XTL_VERBOSE && XP2M_LOG_DETAIL == XTL_DETAIL &&
+               XP2M_LOG_PROGRESS == XTL_PROGRESS && XP2M_LOG_INFO == XTL_INFO && XP2M_LOG_NOTICE == XTL_NOTICE &&
+               XP2M_LOG_WARN == XTL_WARN && XP2M_LOG_ERROR == XTL_ERROR && XP2M_LOG_CRITICAL == XTL_CRITICAL,
+               "log levels are xentoollog's");
+
+/* A xentoollog logger that forwards to the Swift side instead of stderr. */
+struct shim_logger {
+    xentoollog_logger base;
+    xp2m_log_fn fn;
+    void *ctx;
+};
+
+struct xp2m_handle {
+    xc_interface *xch;
+    xenforeignmemory_handle *fmem;
+    struct xs_handle *xsh; /* may be NULL: names are optional */
+    struct shim_logger logger;
+};
+
+static void shim_vmessage(xentoollog_logger *logger, xentoollog_level level, int errnoval,
+                          const char *context, const char *format, va_list al)
+{
+    struct shim_logger *l = (struct shim_logger *)logger;
+    char buf[512];
+
+    if (!l->fn)
+        return;
+    vsnprintf(buf, sizeof(buf), format, al);
+    l->fn(l->ctx, (int)level, errnoval, context ? context : "", buf);
+}
+
+static void shim_progress(xentoollog_logger *logger, const char *context, const char *doing_what,
+                          int percent, unsigned long done, unsigned long total)
+{
+    (void)logger; (void)context; (void)doing_what; (void)percent; (void)done; (void)total;
+}
+
+static void shim_destroy(xentoollog_logger *logger)
+{
+    (void)logger; /* embedded in the handle; freed with it */
+}
+
+static int err_or(int fallback)
+{
+    return errno > 0 ? errno : fallback;
+}
+
+int xp2m_open(xp2m_handle **out, xp2m_log_fn log, void *log_ctx)
+{
+    xp2m_handle *h;
+    int saved;
+
+    if (!out)
+        return EINVAL;
+    /* Without privcmd libxenctrl can only fail; say so before it tries. */
+    if (access("/proc/xen/privcmd", F_OK) != 0 && access("/dev/xen/privcmd", F_OK) != 0)
+        return ENOENT;
+
+    h = calloc(1, sizeof(*h));
+    if (!h)
+        return ENOMEM;
+    h->logger.base.vmessage = shim_vmessage;
+    h->logger.base.progress = shim_progress;
+    h->logger.base.destroy = shim_destroy;
+    h->logger.fn = log;
+    h->logger.ctx = log_ctx;
+
+    h->xch = xc_interface_open(&h->logger.base, &h->logger.base, 0);
+    if (!h->xch) {
+        saved = err_or(EACCES);
+        free(h);
+        return saved;
+    }
+    h->fmem = xenforeignmemory_open(&h->logger.base, 0);
+    if (!h->fmem) {
+        saved = err_or(EACCES);
+        xc_interface_close(h->xch);
+        free(h);
+        return saved;
+    }
+    h->xsh = xs_open(XS_OPEN_READONLY);
+    *out = h;
+    return 0;
+}
+
+void xp2m_close(xp2m_handle *h)
+{
+    if (!h)
+        return;
+    if (h->xsh)
+        xs_close(h->xsh);
+    if (h->fmem)
+        xenforeignmemory_close(h->fmem);
+    if (h->xch)
+        xc_interface_close(h->xch);
+    free(h);
+}
+
+static void fill_dominfo(const xc_domaininfo_t *in, xp2m_dominfo *out)
+{
+    uint32_t f = 0;
+
+    memset(out, 0, sizeof(*out));
+    out->domid = in->domain;
+    if (in->flags & XEN_DOMINF_dying)
+        f |= XP2M_DOM_DYING;
+    if (in->flags & XEN_DOMINF_shutdown) {
+        f |= XP2M_DOM_SHUTDOWN;
+        out->shutdown_reason = (in->flags >> XEN_DOMINF_shutdownshift) & XEN_DOMINF_shutdownmask;
+    }
+    if (in->flags & XEN_DOMINF_paused)
+        f |= XP2M_DOM_PAUSED;
+    if (in->flags & XEN_DOMINF_running)
+        f |= XP2M_DOM_RUNNING;
+    if (in->flags & XEN_DOMINF_hvm_guest) {
+        f |= XP2M_DOM_HVM;
+        /*
+         * PVH is an HVM container without the emulated legacy platform. Only
+         * those devices decide: a PVH dom0 also gets an emulated IO-APIC and
+         * vPCI, so "nothing but the LAPIC" would call it HVM.
+         */
+        if (!(in->arch_config.emulation_flags & (XEN_X86_EMU_HPET | XEN_X86_EMU_PM | XEN_X86_EMU_RTC |
+                                                 XEN_X86_EMU_PIC | XEN_X86_EMU_VGA | XEN_X86_EMU_PIT)))
+            f |= XP2M_DOM_PVH;
+    }
+    out->flags = f;
+    out->nr_online_vcpus = in->nr_online_vcpus;
+    out->tot_pages = in->tot_pages;
+    out->max_pages = in->max_pages;
+    out->shared_info_frame = in->shared_info_frame;
+    memcpy(out->handle, in->handle, sizeof(out->handle));
+}
+
+int xp2m_list_domains(xp2m_handle *h, uint32_t first, xp2m_dominfo *out, uint32_t max, uint32_t *n_out)
+{
+    xc_domaininfo_t *buf;
+    int n, i;
+
+    if (!h || !out || !n_out || max == 0)
+        return EINVAL;
+    buf = calloc(max, sizeof(*buf));
+    if (!buf)
+        return ENOMEM;
+    n = xc_domain_getinfolist(h->xch, first, max, buf);
+    if (n < 0) {
+        int saved = err_or(EIO);
+        free(buf);
+        return saved;
+    }
+    for (i = 0; i < n; i++)
+        fill_dominfo(&buf[i], &out[i]);
+    free(buf);
+    *n_out = (uint32_t)n;
+    return 0;
+}
+
+int xp2m_domain_info(xp2m_handle *h, uint32_t domid, xp2m_dominfo *out)
+{
+    xc_domaininfo_t info;
+    int n;
+
+    if (!h || !out)
+        return EINVAL;
+    n = xc_domain_getinfolist(h->xch, domid, 1, &info);
+    if (n < 0)
+        return err_or(EIO);
+    /* getinfolist returns the next existing domain at or above domid. */
+    if (n == 0 || info.domain != domid)
+        return ESRCH;
+    fill_dominfo(&info, out);
+    return 0;
+}
+
+int xp2m_guest_width(xp2m_handle *h, uint32_t domid, uint32_t *width_bytes)
+{
+    unsigned int w = 0;
+
+    if (!h || !width_bytes)
+        return EINVAL;
+    if (xc_domain_get_guest_width(h->xch, domid, &w) != 0)
+        return err_or(EIO);
+    *width_bytes = w;
+    return 0;
+}
+
+int xp2m_nr_gpfns(xp2m_handle *h, uint32_t domid, uint64_t *nr)
+{
+    xen_pfn_t n = 0;
+
+    if (!h || !nr)
+        return EINVAL;
+    if (xc_domain_nr_gpfns(h->xch, domid, &n) != 0)
+        return err_or(EIO);
+    *nr = n;
+    return 0;
+}
+
+int xp2m_max_mfn(xp2m_handle *h, uint64_t *max_mfn)
+{
+    unsigned long m = 0;
+
+    if (!h || !max_mfn)
+        return EINVAL;
+    if (xc_maximum_ram_page(h->xch, &m) != 0)
+        return err_or(EIO);
+    /*
+     * m is Xen's max_page, one past the last frame. xp2m_map_m2p adds the one
+     * back; handing m on unchanged would make it ask for one 2 MiB chunk too
+     * many whenever m is a multiple of 262144 (RAM ending on a GiB boundary),
+     * and xc_machphys_mfn_list fails when Xen returns fewer chunks than asked.
+     */
+    if (m == 0)
+        return EIO;
+    *max_mfn = m - 1;
+    return 0;
+}
+
+int xp2m_read_shared_info_page(xp2m_handle *h, uint32_t domid, uint64_t frame, uint8_t page[4096])
+{
+    void *p;
+
+    if (!h || !page)
+        return EINVAL;
+    p = xc_map_foreign_range(h->xch, domid, XC_PAGE_SIZE, PROT_READ, (unsigned long)frame);
+    if (!p)
+        return err_or(EFAULT);
+    memcpy(page, p, XC_PAGE_SIZE);
+    munmap(p, XC_PAGE_SIZE);
+    return 0;
+}
+
+int xp2m_map_frames(xp2m_handle *h, uint32_t domid, const uint64_t *mfns, uint32_t n, int32_t *errs, void **addr)
+{
+    void *p;
+    int *e;
+    uint32_t i;
+
+    if (!h || !mfns || !errs || !addr || n == 0)
+        return EINVAL;
+    e = calloc(n, sizeof(int));
+    if (!e)
+        return ENOMEM;
+    p = xenforeignmemory_map(h->fmem, domid, PROT_READ, n, (const xen_pfn_t *)mfns, e);
+    if (!p) {
+        int saved = err_or(EFAULT);
+        free(e);
+        return saved;
+    }
+    for (i = 0; i < n; i++)
+        errs[i] = e[i] < 0 ? -e[i] : e[i];
+    free(e);
+    *addr = p;
+    return 0;
+}
+
+int xp2m_unmap_frames(xp2m_handle *h, void *addr, uint32_t n)
+{
+    if (!h || !addr)
+        return EINVAL;
+    if (xenforeignmemory_unmap(h->fmem, addr, n) != 0)
+        return err_or(EINVAL);
+    return 0;
+}
+
+/* Same rounding as libxenguest's M2P_SIZE: whole 2 MiB chunks of 8-byte entries. */
+static size_t m2p_bytes(uint64_t nr_entries)
+{
+    const uint64_t chunk = 1ull << 21;
+    return (size_t)(((nr_entries * sizeof(xen_pfn_t)) + chunk - 1) & ~(chunk - 1));
+}
+
+int xp2m_map_m2p(xp2m_handle *h, uint64_t max_mfn, const uint64_t **m2p, uint64_t *entries, size_t *mapped_bytes)
+{
+    xen_pfn_t *p;
+    /* max_mfn is the highest valid MFN, so the table needs max_mfn + 1 slots. */
+    uint64_t want = max_mfn + 1;
+
+    if (!h || !m2p || !entries || !mapped_bytes)
+        return EINVAL;
+    p = xc_map_m2p(h->xch, (unsigned long)want, PROT_READ, NULL);
+    if (!p)
+        return err_or(EFAULT);
+    *m2p = (const uint64_t *)p;
+    *mapped_bytes = m2p_bytes(want);
+    *entries = *mapped_bytes / sizeof(xen_pfn_t);
+    return 0;
+}
+
+int xp2m_unmap_m2p(const uint64_t *m2p, size_t mapped_bytes)
+{
+    if (!m2p)
+        return EINVAL;
+    if (munmap((void *)m2p, mapped_bytes) != 0)
+        return err_or(EINVAL);
+    return 0;
+}
+
+int xp2m_domain_name(xp2m_handle *h, uint32_t domid, char *buf, size_t len)
+{
+    char path[64];
+    unsigned int n = 0;
+    char *v;
+
+    if (!h || !buf || len == 0)
+        return EINVAL;
+    if (!h->xsh)
+        return ENOTCONN;
+    snprintf(path, sizeof(path), "/local/domain/%u/name", domid);
+    v = xs_read(h->xsh, XBT_NULL, path, &n);
+    if (!v)
+        return err_or(ENOENT);
+    snprintf(buf, len, "%.*s", (int)n, v);
+    free(v);
+    return 0;
+}
+
+uint32_t xp2m_shared_info_arch_offset(uint32_t width_bytes)
+{
+    if (width_bytes == 4)
+        return (uint32_t)offsetof(struct shared_info_x86_32, arch);
+    return (uint32_t)offsetof(struct shared_info_x86_64, arch);
+}

@@ -1,0 +1,176 @@
+// The engine's view of a Xen host: what it needs from libxenctrl, and nothing else.
+// Real Xen (P2MXen), the simulator (P2MSimulator) and core files implement it.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public typealias DomID = UInt32
+
+public let pageSize = 4096
+public let pageShift: UInt64 = 12
+
+/// How Xen runs the guest. Only PV guests keep a P2M of their own.
+public enum DomainType: String, Codable, Sendable {
+    case pv
+    case hvm
+    case pvh
+}
+
+public struct DomainInfo: Sendable, Equatable {
+    public var domid: DomID
+    public var type: DomainType
+    public var dying: Bool
+    public var shutdown: Bool
+    public var paused: Bool
+    public var totPages: UInt64
+    public var maxPages: UInt64
+    public var sharedInfoFrame: UInt64
+    /// The domain handle (UUID) as Xen reports it; a new UUID on a known domid means reuse.
+    public var uuid: [UInt8]
+
+    public init(domid: DomID, type: DomainType, dying: Bool = false, shutdown: Bool = false, paused: Bool = false,
+                totPages: UInt64, maxPages: UInt64, sharedInfoFrame: UInt64, uuid: [UInt8]) {
+        self.domid = domid
+        self.type = type
+        self.dying = dying
+        self.shutdown = shutdown
+        self.paused = paused
+        self.totPages = totPages
+        self.maxPages = maxPages
+        self.sharedInfoFrame = sharedInfoFrame
+        self.uuid = uuid
+    }
+
+    public var uuidString: String {
+        guard uuid.count == 16 else { return "" }
+        let hex = uuid.map { b -> String in
+            let s = String(b, radix: 16)
+            return s.count == 1 ? "0" + s : s
+        }
+        return hex[0..<4].joined() + "-" + hex[4..<6].joined() + "-" + hex[6..<8].joined() + "-"
+            + hex[8..<10].joined() + "-" + hex[10..<16].joined()
+    }
+}
+
+/// Guest word width: decides entries per page (fpp) and the entry encoding.
+public enum GuestWidth: Int, Codable, Sendable {
+    case bits32 = 4
+    case bits64 = 8
+
+    public var bytes: Int { rawValue }
+    /// Entries per page ("frames per page" in Xen's tools): 512 or 1024.
+    public var fpp: Int { pageSize / rawValue }
+    public var bits: Int { rawValue * 8 }
+}
+
+/// Errors a host reports. Every backend turns its failures into one of these.
+public enum HostError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// No Xen on this machine (privcmd missing).
+    case noXen(path: String)
+    /// The domain does not exist (any more).
+    case domainNotFound(DomID)
+    /// A system call failed; errno is kept for the operator.
+    case system(operation: String, errno: Int32)
+    /// The host cannot answer this question at all.
+    case unsupported(String)
+
+    public var description: String {
+        switch self {
+        case .noXen(let path):
+            return "no Xen here (\(path) missing): xenp2m needs a Xen dom0 with the privcmd driver loaded; use --backend sim to run on the simulated host"
+        case .domainNotFound(let d):
+            return "domain \(d) does not exist (destroyed or never created)"
+        case .system(let op, let e):
+            return "\(op) failed: \(errnoName(e)) (\(String(cString: strerror(e))))"
+        case .unsupported(let what):
+            return "unsupported: \(what)"
+        }
+    }
+
+    public var isDomainGone: Bool {
+        switch self {
+        case .domainNotFound: return true
+        case .system(_, let e): return e == ESRCH
+        default: return false
+        }
+    }
+}
+
+func errnoName(_ e: Int32) -> String {
+    switch e {
+    case EPERM: return "EPERM"
+    case ENOENT: return "ENOENT"
+    case ESRCH: return "ESRCH"
+    case EIO: return "EIO"
+    case ENOMEM: return "ENOMEM"
+    case EACCES: return "EACCES"
+    case EFAULT: return "EFAULT"
+    case EINVAL: return "EINVAL"
+    case ERANGE: return "ERANGE"
+    case EBUSY: return "EBUSY"
+    default: return "errno \(e)"
+    }
+}
+
+/// A batch of frames mapped read-only into one contiguous range.
+/// Frames with a non-zero error must not be read. Unmapped when released.
+public final class FrameMapping: @unchecked Sendable {
+    public let base: UnsafeRawPointer
+    public let count: Int
+    /// 0, or the errno for that frame.
+    public let errors: [Int32]
+    private let release: () -> Void
+
+    public init(base: UnsafeRawPointer, count: Int, errors: [Int32], release: @escaping () -> Void) {
+        precondition(errors.count == count)
+        self.base = base
+        self.count = count
+        self.errors = errors
+        self.release = release
+    }
+
+    deinit { release() }
+
+    @inline(__always)
+    public func page(_ i: Int) -> UnsafeRawPointer? {
+        errors[i] == 0 ? base + i &* pageSize : nil
+    }
+}
+
+/// Xen's machine-to-phys table, mapped read-only (8-byte entries).
+public final class M2PMapping: @unchecked Sendable {
+    public let entries: UnsafeBufferPointer<UInt64>
+    private let release: () -> Void
+
+    public init(entries: UnsafeBufferPointer<UInt64>, release: @escaping () -> Void) {
+        self.entries = entries
+        self.release = release
+    }
+
+    deinit { release() }
+}
+
+/// The abstract machine the engine walks. Calls are batched by design: the engine
+/// never asks for one guest page at a time in its hot paths.
+public protocol P2MHost: AnyObject, Sendable {
+    /// Human name of the backend, for reports ("xen", "sim", "core").
+    var backendName: String { get }
+    func listDomains() throws(HostError) -> [DomainInfo]
+    func domainInfo(_ domid: DomID) throws(HostError) -> DomainInfo
+    func guestWidth(_ domid: DomID) throws(HostError) -> GuestWidth
+    /// xc_domain_nr_gpfns: for PV guests Xen derives it from the published max_pfn.
+    func nrGpfns(_ domid: DomID) throws(HostError) -> UInt64
+    /// Highest valid MFN on the host (xc_maximum_ram_page).
+    func maxMFN() throws(HostError) -> UInt64
+    /// The raw 4096-byte shared-info page of the domain.
+    func sharedInfoPage(_ domid: DomID, frame: UInt64) throws(HostError) -> [UInt8]
+    /// Maps frames of the domain read-only, with a per-frame error.
+    func mapFrames(_ domid: DomID, _ mfns: UnsafeBufferPointer<UInt64>) throws(HostError) -> FrameMapping
+    func mapM2P(maxMFN: UInt64) throws(HostError) -> M2PMapping
+    func domainName(_ domid: DomID) -> String?
+}

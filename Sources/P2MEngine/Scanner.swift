@@ -1,0 +1,451 @@
+import Foundation
+
+public struct ScanOptions: Sendable, Equatable {
+    /// Frames per foreign-map call for leaves and structure levels.
+    public var batchFrames: Int = 256
+    /// Extra walks when p2m_generation is odd or moves during a walk.
+    public var generationRetries: Int = 3
+    /// Samples kept per finding kind.
+    public var sampleLimit: Int = 16
+    /// Also map every populated frame to prove the domain can map it (costly: one map
+    /// per data frame, in batches). Off for routine polls.
+    public var probeDataFrames: Bool = false
+    /// Page-table levels of 64-bit guests (5 for LA57 guests).
+    public var pagingLevels64: Int = 4
+    /// Cells in the report's pfn map.
+    public var mapCells: Int = 1024
+
+    public init() {}
+}
+
+/// Walks and checks one domain's P2M over any host and produces a report.
+public final class P2MScanner: @unchecked Sendable {
+    public let host: any P2MHost
+    public let options: ScanOptions
+
+    public init(host: any P2MHost, options: ScanOptions = ScanOptions()) {
+        self.host = host
+        self.options = options
+    }
+
+    /// Scans one domain. Never throws: host failures become a report with severity `error`.
+    public func scan(_ domid: DomID) -> P2MReport {
+        let clock = ContinuousClock()
+        let start = clock.now
+        var report: P2MReport
+        do {
+            let info = try host.domainInfo(domid)
+            report = try scan(info: info)
+        } catch {
+            report = errorReport(domid: domid, info: nil, error: error)
+        }
+        report.stats.durationMs = Self.ms(clock.now - start)
+        return report
+    }
+
+    static func ms(_ d: Duration) -> Double {
+        let c = d.components
+        return Double(c.seconds) * 1000 + Double(c.attoseconds) / 1e15
+    }
+
+    private func baseReport(_ info: DomainInfo, severity: Severity, verdict: MigrationReadiness) -> P2MReport {
+        P2MReport(domid: info.domid, name: host.domainName(info.domid), uuid: info.uuidString, backend: host.backendName,
+                  domainType: info.type, guestWidthBits: nil, severity: severity, error: nil, primaryFormat: nil,
+                  tree: nil, linearList: nil, maxPfn: nil, totPages: info.totPages, maxPages: info.maxPages,
+                  populated: 0, entries: EntryCounts(), generation: nil, findings: [], migration: verdict,
+                  stats: ScanStats(), pfnMap: nil, scannedAt: Date())
+    }
+
+    private func errorReport(domid: DomID, info: DomainInfo?, error: Error) -> P2MReport {
+        var message = "\(error)"
+        if let h = error as? HostError, h.isDomainGone {
+            message = "domain \(domid) vanished during the scan (\(h))"
+        }
+        let i = info ?? DomainInfo(domid: domid, type: .pv, totPages: 0, maxPages: 0, sharedInfoFrame: 0, uuid: [])
+        var r = baseReport(i, severity: .error, verdict: MigrationReadiness(verdict: .unknown, reason: "scan failed: \(message)"))
+        r.error = message
+        return r
+    }
+
+    private func scan(info: DomainInfo) throws(HostError) -> P2MReport {
+        guard info.type == .pv else {
+            return baseReport(info, severity: .notApplicable, verdict: MigrationReadiness(
+                verdict: .notApplicable,
+                reason: "\(info.type.rawValue.uppercased()) guest: Xen keeps its p2m, the guest has none to check"))
+        }
+        let width = try host.guestWidth(info.domid)
+        let maxMFN = try host.maxMFN()
+        let nrGpfns = try? host.nrGpfns(info.domid)
+        let m2p = try host.mapM2P(maxMFN: maxMFN)
+
+        var attempt: Attempt
+        var retries = 0
+        var unstable = false
+        while true {
+            let before = try readSharedInfo(info, width)
+            if before.p2mGeneration & 1 == 1 {
+                // A change is in progress: walking now is guaranteed to be torn.
+                if retries < options.generationRetries {
+                    retries += 1
+                    continue
+                }
+                unstable = true
+            }
+            attempt = try walkAndCheck(info: info, width: width, maxMFN: maxMFN, nrGpfns: nrGpfns, m2p: m2p, si: before)
+            let after = try readSharedInfo(info, width)
+            attempt.generation = GenerationInfo(before: before.p2mGeneration, after: after.p2mGeneration)
+            let moved = after.p2mGeneration != before.p2mGeneration || !after.sameLayout(as: before) || after.p2mGeneration & 1 == 1
+            if !moved && !unstable { break }
+            if retries >= options.generationRetries {
+                unstable = true
+                break
+            }
+            retries += 1
+        }
+        if unstable {
+            attempt.findings.add(.p2mUnstable, FindingSample(
+                expected: attempt.generation?.before, found: attempt.generation?.after,
+                note: "generation odd or moving after \(retries) retries"))
+        }
+
+        // tot_pages moves while a guest balloons; compare only when it held still.
+        let infoAfter = try host.domainInfo(info.domid)
+        if attempt.populatedKnown && infoAfter.totPages == info.totPages && attempt.populated != info.totPages {
+            attempt.findings.add(.populatedMismatch, FindingSample(expected: info.totPages, found: attempt.populated))
+        }
+
+        var r = baseReport(info, severity: .ok, verdict: MigrationReadiness(verdict: .unknown, reason: ""))
+        r.guestWidthBits = width.bits
+        r.primaryFormat = attempt.primary
+        r.tree = attempt.tree
+        r.linearList = attempt.list
+        r.maxPfn = attempt.maxPfn
+        r.populated = attempt.populated
+        r.entries = attempt.counts
+        r.generation = attempt.generation
+        r.findings = attempt.findings.findings
+        r.pfnMap = attempt.pfnMap
+        r.stats = attempt.session.stats
+        r.stats.retries = retries
+        r.severity = r.findings.map(\.severity).max() ?? .ok
+        r.migration = migration(r, attempt)
+        return r
+    }
+
+    private func readSharedInfo(_ info: DomainInfo, _ width: GuestWidth) throws(HostError) -> ArchSharedInfo {
+        let page = try host.sharedInfoPage(info.domid, frame: info.sharedInfoFrame)
+        guard let si = ArchSharedInfo(page: page, width: width) else {
+            throw HostError.system(operation: "read shared info of domain \(info.domid)", errno: EIO)
+        }
+        return si
+    }
+
+    private func migration(_ r: P2MReport, _ a: Attempt) -> MigrationReadiness {
+        let critical = r.findings.filter { $0.severity == .critical }.map(\.kind.rawValue)
+        if !critical.isEmpty {
+            return MigrationReadiness(verdict: .broken, reason: "P2M inconsistent (\(critical.joined(separator: ", "))): save, migration and dumps will fail or copy wrong frames")
+        }
+        if a.tree?.walked == true {
+            return MigrationReadiness(verdict: .legacyOk, reason: "3-level tree published and consistent: any toolstack, including pre-migration-v2, can save or migrate this guest")
+        }
+        if a.fllIsInvalid && a.list?.walked == true {
+            return MigrationReadiness(verdict: .needsMigrationV2, reason: "linear list only (fll=~0): needs migration-v2 tools (Xen >= 4.6); legacy tools fail with \"Couldn't map p2m_frame_list_list\"")
+        }
+        if a.list?.walked == true {
+            return MigrationReadiness(verdict: .needsMigrationV2, reason: "only the linear list is usable (tree not set up yet): needs migration-v2 tools")
+        }
+        return MigrationReadiness(verdict: .notReady, reason: "guest has not published a usable P2M yet")
+    }
+
+    // MARK: - One walk
+
+    private final class Attempt {
+        var findings: FindingCollector
+        let session: HostSession
+        var tree: FormatInfo?
+        var list: FormatInfo?
+        var primary: P2MFormat?
+        var maxPfn: MaxPfnInfo?
+        var counts = EntryCounts()
+        var populated: UInt64 = 0
+        var populatedKnown = true
+        var generation: GenerationInfo?
+        var pfnMap: PfnMap?
+        var fllIsInvalid = false
+
+        init(findings: FindingCollector, session: HostSession) {
+            self.findings = findings
+            self.session = session
+        }
+    }
+
+    private func walkAndCheck(info: DomainInfo, width: GuestWidth, maxMFN: UInt64, nrGpfns: UInt64?, m2p: M2PMapping,
+                              si: ArchSharedInfo) throws(HostError) -> Attempt {
+        let a = Attempt(findings: FindingCollector(sampleLimit: options.sampleLimit),
+                        session: HostSession(host: host, domid: info.domid, batchFrames: options.batchFrames))
+        let fpp = UInt64(width.fpp)
+
+        // Bound the guest's max_pfn by hypervisor numbers before it sizes anything.
+        let plausible = max(info.maxPages, info.totPages, maxMFN &+ 1).multipliedReportingOverflow(by: 2).partialValue &+ (1 << 20)
+        var maxPfn = si.maxPfn
+        if maxPfn > plausible {
+            a.findings.add(.maxPfnImplausible, FindingSample(expected: plausible, found: maxPfn, note: "walk clamped to \(plausible) pfns"))
+            maxPfn = plausible
+        }
+        if let n = nrGpfns, si.maxPfn != 0, n != si.maxPfn {
+            a.findings.add(.maxPfnNrGpfnsMismatch, FindingSample(expected: n, found: si.maxPfn))
+        }
+        let leafCount = Int((maxPfn &+ fpp &- 1) / fpp)
+
+        let treePublished = si.frameListList != 0 && si.frameListList != UInt64.max
+        a.fllIsInvalid = si.frameListList == UInt64.max
+        let listPublished = si.p2mCr3 != 0
+        if !treePublished && !listPublished {
+            a.findings.add(.p2mNotPublished, FindingSample(note: a.fllIsInvalid ? "fll=~0 announces a linear list, but p2m_cr3 is 0" : "fll=0 and p2m_cr3=0"))
+            a.maxPfn = MaxPfnInfo(published: si.maxPfn, effective: 0, nrGpfns: nrGpfns)
+            a.populatedKnown = false
+            return a
+        }
+
+        var treeWalk: WalkResult?
+        if treePublished {
+            let shape = RadixShape.mfnTree(levels: 3, width: width)
+            let capacity = fpp &* fpp &* fpp
+            var treeLeaves = leafCount
+            if maxPfn > capacity {
+                a.findings.add(.treeCapacityExceeded, FindingSample(expected: capacity, found: maxPfn, format: .tree))
+                treeLeaves = Int(capacity / fpp)
+            }
+            let walker = RadixWalker(shape: shape, format: .tree, maxMFN: maxMFN, session: a.session)
+            let w = try walker.walk(root: si.frameListList, vpnStart: 0, leafCount: treeLeaves, trim: true, findings: &a.findings)
+            treeWalk = w
+            a.tree = FormatInfo(published: true, walked: w.clean, levels: 3, root: si.frameListList, vaddr: nil,
+                                leafFrames: UInt64(w.leaves.count), capacityPfns: capacity)
+        }
+
+        var listWalk: WalkResult?
+        if listPublished {
+            let levels = width == .bits64 ? options.pagingLevels64 : 3
+            let shape = width == .bits64 ? RadixShape.pageTables(levels: levels) : RadixShape.pae
+            let root = CR3.mfn(si.p2mCr3, width: width)
+            if let problem = listRangeProblem(vaddr: si.p2mVaddr, leaves: leafCount, width: width, levels: levels) {
+                a.findings.add(.listVaddrInvalid, FindingSample(found: si.p2mVaddr, format: .linearList, note: problem))
+                a.list = FormatInfo(published: true, walked: false, levels: levels, root: root, vaddr: si.p2mVaddr, leafFrames: 0, capacityPfns: nil)
+            } else {
+                let vaBits = UInt64(12 + 9 * levels - (width == .bits64 ? 0 : 7))
+                let vpnStart = (si.p2mVaddr & ((1 << vaBits) - 1)) >> pageShift
+                let walker = RadixWalker(shape: shape, format: .linearList, maxMFN: maxMFN, session: a.session)
+                let w = try walker.walk(root: root, vpnStart: vpnStart, leafCount: leafCount, trim: true, findings: &a.findings)
+                listWalk = w
+                a.list = FormatInfo(published: true, walked: w.clean, levels: levels, root: root, vaddr: si.p2mVaddr,
+                                    leafFrames: UInt64(w.leaves.count), capacityPfns: nil)
+            }
+        }
+
+        // The list is what current tools read; the tree is the fallback.
+        let primaryWalk: WalkResult
+        if let l = listWalk, l.clean || treeWalk?.clean != true {
+            primaryWalk = l
+            a.primary = .linearList
+        } else if let t = treeWalk {
+            primaryWalk = t
+            a.primary = .tree
+        } else if let l = listWalk {
+            primaryWalk = l
+            a.primary = .linearList
+        } else {
+            a.maxPfn = MaxPfnInfo(published: si.maxPfn, effective: 0, nrGpfns: nrGpfns)
+            a.populatedKnown = false
+            return a
+        }
+
+        let effective = min(maxPfn, UInt64(primaryWalk.leaves.count) &* fpp)
+        a.maxPfn = MaxPfnInfo(published: si.maxPfn, effective: effective, nrGpfns: nrGpfns)
+        try checkLeaves(primaryWalk, effective: effective, width: width, maxMFN: maxMFN, m2p: m2p, a: a)
+        if let t = treeWalk, let l = listWalk {
+            try crossCheck(tree: t.leaves, list: l.leaves, effective: effective, width: width, a: a)
+        }
+        return a
+    }
+
+    /// Xen's rules for a usable p2m_vaddr range (xg_sr_save_x86_pv.c map_p2m_list), plus alignment.
+    private func listRangeProblem(vaddr: UInt64, leaves: Int, width: GuestWidth, levels: Int) -> String? {
+        if vaddr & UInt64(pageSize - 1) != 0 { return "p2m_vaddr \(hex(vaddr)) is not page aligned" }
+        let (bytes, o1) = UInt64(max(leaves, 1)).multipliedReportingOverflow(by: UInt64(pageSize))
+        let (end, o2) = vaddr.addingReportingOverflow(bytes &- 1)
+        if o1 || o2 { return "range from \(hex(vaddr)) wraps the address space" }
+        switch width {
+        case .bits64:
+            let vaBits = UInt64(12 + 9 * levels)
+            func canonical(_ v: UInt64) -> Bool {
+                let shift = vaBits - 1
+                return (Int64(bitPattern: v) >> Int64(shift)) == (Int64(bitPattern: v) >> 63)
+            }
+            if !canonical(vaddr) || !canonical(end) { return "range \(hex(vaddr))-\(hex(end)) is not canonical" }
+            let holeStart: UInt64 = 0xFFFF_8000_0000_0000, holeEnd: UInt64 = 0xFFFF_87FF_FFFF_FFFF
+            if vaddr <= holeEnd && end >= holeStart { return "range \(hex(vaddr))-\(hex(end)) touches Xen's hole" }
+        case .bits32:
+            if end > 0xFFFF_FFFF { return "range \(hex(vaddr))-\(hex(end)) is above 4 GiB" }
+            if end >= 0xF580_0000 { return "range \(hex(vaddr))-\(hex(end)) touches Xen's hypervisor area" }
+        }
+        return nil
+    }
+
+    private enum SharedLeaf {
+        case sharedInvalid
+        case misused
+    }
+
+    private func checkLeaves(_ w: WalkResult, effective: UInt64, width: GuestWidth, maxMFN: UInt64, m2p: M2PMapping, a: Attempt) throws(HostError) {
+        let fpp = width.fpp
+        let nLeaves = Int((effective &+ UInt64(fpp) &- 1) / UInt64(fpp))
+        var checker = LeafChecker(width: width, maxMFN: maxMFN, m2p: m2p.entries, probe: options.probeDataFrames)
+        defer { checker.deallocate() }
+
+        // Frames named by more than one leaf slot: legitimate only for all-INVALID pages.
+        var sorted = w.leaves[0..<nLeaves].filter { $0 != unreadableLeaf }
+        sorted.sort()
+        var shared = Set<UInt64>()
+        if sorted.count > 1 {
+            for i in 1..<sorted.count where sorted[i] == sorted[i - 1] { shared.insert(sorted[i]) }
+        }
+        sorted = []
+        var sharedState: [UInt64: SharedLeaf] = [:]
+
+        let cells = max(1, min(options.mapCells, nLeaves))
+        let leavesPerCell = max(1, (nLeaves + cells - 1) / cells)
+        var masks = [UInt8](repeating: 0, count: (nLeaves + leavesPerCell - 1) / max(leavesPerCell, 1))
+
+        func entriesIn(_ leaf: Int) -> Int {
+            let first = UInt64(leaf) &* UInt64(fpp)
+            return Int(min(UInt64(fpp), effective &- first))
+        }
+
+        var i = 0
+        while i < nLeaves {
+            // Gather up to one batch of leaves that need their page read.
+            var batch: [Int] = []
+            var mfns: [UInt64] = []
+            while i < nLeaves && mfns.count < a.session.batchFrames {
+                let m = w.leaves[i]
+                let n = entriesIn(i)
+                if m == unreadableLeaf {
+                    checker.counts.faulty &+= UInt64(n)
+                    a.populatedKnown = false
+                    masks[i / leavesPerCell] |= PfnMap.Bit.unreadable
+                } else if let s = sharedState[m] {
+                    switch s {
+                    case .sharedInvalid:
+                        checker.counts.invalid &+= UInt64(n)
+                        masks[i / leavesPerCell] |= PfnMap.Bit.invalid
+                    case .misused:
+                        // The pfns this slot should describe are unknown.
+                        a.populatedKnown = false
+                        a.findings.add(.sharedFrameMisuse, FindingSample(pfn: UInt64(i) &* UInt64(fpp), mfn: m, level: 0, index: UInt64(i), format: a.primary))
+                        checker.counts.faulty &+= UInt64(n)
+                        masks[i / leavesPerCell] |= PfnMap.Bit.faulty
+                    }
+                } else if shared.contains(m) && mfns.contains(m) {
+                    // Second use inside this batch: decide after the first is read.
+                    break
+                } else {
+                    batch.append(i)
+                    mfns.append(m)
+                }
+                i += 1
+            }
+            if mfns.isEmpty { continue }
+            let mapping = try a.session.map(mfns)
+            for (slot, leaf) in batch.enumerated() {
+                let m = mfns[slot]
+                let n = entriesIn(leaf)
+                let cell = leaf / leavesPerCell
+                guard let page = mapping.page(slot) else {
+                    a.findings.add(.structureUnmappable, FindingSample(pfn: UInt64(leaf) &* UInt64(fpp), mfn: m, level: 0, index: UInt64(leaf), format: a.primary,
+                                                                      note: "leaf, errno \(mapping.errors[slot])"))
+                    checker.counts.faulty &+= UInt64(n)
+                    a.populatedKnown = false
+                    masks[cell] |= PfnMap.Bit.unreadable
+                    continue
+                }
+                a.session.noteRead(bytes: pageSize)
+                if shared.contains(m) {
+                    if checker.allInvalid(page) {
+                        sharedState[m] = .sharedInvalid
+                        checker.counts.invalid &+= UInt64(n)
+                        masks[cell] |= PfnMap.Bit.invalid
+                        continue
+                    }
+                    sharedState[m] = .misused
+                }
+                masks[cell] |= checker.check(page: page, firstPfn: UInt64(leaf) &* UInt64(fpp), count: n, findings: &a.findings)
+            }
+            if checker.pendingProbe.count >= 4 * a.session.batchFrames { try flushProbe(&checker, a) }
+        }
+        try flushProbe(&checker, a)
+
+        a.counts = checker.counts
+        a.populated = checker.populated
+        a.pfnMap = PfnMap(pfnsPerCell: UInt64(leavesPerCell) &* UInt64(fpp), cells: PfnMap.encode(masks))
+    }
+
+    private func flushProbe(_ checker: inout LeafChecker, _ a: Attempt) throws(HostError) {
+        var start = 0
+        let pending = checker.pendingProbe
+        while start < pending.count {
+            let end = min(pending.count, start + a.session.batchFrames)
+            let mfns = pending[start..<end].map(\.1)
+            let mapping = try a.session.map(mfns)
+            for (k, err) in mapping.errors.enumerated() where err != 0 {
+                let (pfn, mfn) = pending[start + k]
+                a.findings.add(.frameUnmappable, FindingSample(pfn: pfn, mfn: mfn, note: "errno \(err)"))
+                checker.counts.valid &-= 1
+                checker.counts.faulty &+= 1
+            }
+            start = end
+        }
+        checker.pendingProbe.removeAll(keepingCapacity: true)
+    }
+
+    /// Where tree and list name different leaf frames, compare their entries one by one.
+    private func crossCheck(tree: [UInt64], list: [UInt64], effective: UInt64, width: GuestWidth, a: Attempt) throws(HostError) {
+        let fpp = width.fpp
+        let n = min(tree.count, list.count, Int((effective &+ UInt64(fpp) &- 1) / UInt64(fpp)))
+        var pairs: [(Int, UInt64, UInt64)] = []
+        func flush() throws(HostError) {
+            guard !pairs.isEmpty else { return }
+            var mfns: [UInt64] = []
+            mfns.reserveCapacity(pairs.count * 2)
+            for p in pairs { mfns.append(p.1); mfns.append(p.2) }
+            let mapping = try a.session.map(mfns)
+            for (k, p) in pairs.enumerated() {
+                guard let tp = mapping.page(2 * k), let lp = mapping.page(2 * k + 1) else { continue }
+                a.session.noteRead(bytes: 2 * pageSize)
+                let first = UInt64(p.0) &* UInt64(fpp)
+                let count = Int(min(UInt64(fpp), effective &- first))
+                for e in 0..<count {
+                    let tv = readWord(tp, e, width), lv = readWord(lp, e, width)
+                    if tv != lv {
+                        a.findings.add(.treeListMismatch, FindingSample(pfn: first &+ UInt64(e), mfn: tv, expected: lv, format: .tree))
+                    }
+                }
+            }
+            pairs.removeAll(keepingCapacity: true)
+        }
+        for i in 0..<n where tree[i] != list[i] && tree[i] != unreadableLeaf && list[i] != unreadableLeaf {
+            pairs.append((i, tree[i], list[i]))
+            if pairs.count * 2 >= a.session.batchFrames { try flush() }
+        }
+        try flush()
+    }
+
+    @inline(__always)
+    private func readWord(_ p: UnsafeRawPointer, _ i: Int, _ w: GuestWidth) -> UInt64 {
+        switch w {
+        case .bits64: return p.load(fromByteOffset: i &* 8, as: UInt64.self)
+        case .bits32:
+            let v = p.load(fromByteOffset: i &* 4, as: UInt32.self)
+            return v == .max ? .max : UInt64(v)
+        }
+    }
+}
