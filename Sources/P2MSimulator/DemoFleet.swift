@@ -49,5 +49,6 @@ domains:
       - {kind: m2p_mismatch, pfn: 4096}
       - {kind: duplicate_mfn, pfn: 9001, same_as: 9000}
       - {kind: tree_list_mismatch, pfn: 70000}
+
 """#
 }

@@ -85,7 +85,8 @@ int xp2m_read_shared_info_page(xp2m_handle *h, uint32_t domid, uint64_t frame, u
 /*
  * Maps n frames of domid read-only into one contiguous range. errs[i] is 0 or
  * a positive errno for frame i (its page then reads as unmapped: never touch
- * it). The whole call fails only if nothing could be mapped. Unmap with
+ * it). The whole call fails only if the mapping could not even be attempted;
+ * success with every errs[i] set is possible. Unmap with
  * xp2m_unmap_frames(h, *addr, n).
  */
 int xp2m_map_frames(xp2m_handle *h, uint32_t domid, const uint64_t *mfns, uint32_t n, int32_t *errs, void **addr);
@@ -95,7 +96,11 @@ int xp2m_unmap_frames(xp2m_handle *h, void *addr, uint32_t n);
 int xp2m_map_m2p(xp2m_handle *h, uint64_t max_mfn, const uint64_t **m2p, uint64_t *entries, size_t *mapped_bytes);
 int xp2m_unmap_m2p(const uint64_t *m2p, size_t mapped_bytes);
 
-/* Reads /local/domain/<domid>/name from xenstore into buf (NUL-terminated). */
+/*
+ * Reads /local/domain/<domid>/name from xenstore into buf (NUL-terminated,
+ * truncated to len - 1 bytes). ENOENT when the domain has no name, ENOTCONN
+ * when xenstored could not be reached at open.
+ */
 int xp2m_domain_name(xp2m_handle *h, uint32_t domid, char *buf, size_t len);
 
 /* Layout facts checked at compile time against Xen's headers (see shim.c). */

@@ -1,0 +1,231 @@
+// The real-Xen backend: P2MHost over libxenctrl, reached only through XenControlInterface
+// so that every errno translation below can be exercised without a hypervisor.
+
+import Logging
+import P2MEngine
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A P2MHost backed by libxenctrl in dom0.
+///
+/// `@unchecked Sendable`: the only mutable-looking state is the shim handle, an opaque
+/// pointer Swift cannot reason about. It is opened without XC_OPENFLAG_NON_REENTRANT, and
+/// libxenctrl, libxenforeignmemory and libxenstore handles opened that way may be used by
+/// several threads at once; every stored property is immutable after init.
+public final class XenHost: P2MHost, @unchecked Sendable {
+    /// Where the privcmd driver lives when Xen is present.
+    static let privcmdPath = "/proc/xen/privcmd"
+    /// Domains per xp2m_list_domains call; a host may run thousands.
+    static let listChunk: UInt32 = 256
+
+    public var backendName: String { "xen" }
+
+    let control: any XenControlInterface
+    let handle: XenHandle
+    let logger: Logger
+    /// Owns the log context the shim holds; must outlive `handle`, so it is released after deinit closes it.
+    private let logSink: XenLogSink
+
+    /// Opens libxenctrl. Throws `.noXen` on a machine without Xen.
+    public static func open(logger: Logger) throws(HostError) -> XenHost {
+        try XenHost(control: ShimControl(), logger: logger)
+    }
+
+    init(control: any XenControlInterface, logger: Logger) throws(HostError) {
+        let sink = XenLogSink(logger: logger)
+        self.control = control
+        self.logger = logger
+        self.logSink = sink
+        do {
+            // libxenctrl may log while opening (that is how it explains a failure), so the
+            // sink is already owned by self before the shim first sees its pointer.
+            handle = try control.open(log: xenLogCallback, context: sink.context)
+        } catch {
+            throw Self.openError(error)
+        }
+    }
+
+    deinit {
+        control.close(handle)
+    }
+
+    static func openError(_ e: ShimErrno) -> HostError {
+        switch e.code {
+        case ENOENT:
+            return .noXen(path: privcmdPath)
+        case EACCES, EPERM:
+            return .system(operation: "open libxenctrl (run as root in dom0)", errno: e.code)
+        default:
+            return .system(operation: "open libxenctrl", errno: e.code)
+        }
+    }
+
+    // MARK: P2MHost
+
+    public func listDomains() throws(HostError) -> [DomainInfo] {
+        var result: [DomainInfo] = []
+        var next: UInt32 = 0
+        while true {
+            let first = next
+            let chunk = try call("list domains from domid \(first)") { () throws(ShimErrno) in
+                try control.listDomains(handle, first: first, max: Self.listChunk)
+            }
+            result.append(contentsOf: chunk.map(Self.domainInfo))
+            // A short chunk is the end. The domid checks only guard against a list that
+            // does not advance, which would otherwise loop forever.
+            guard chunk.count >= Int(Self.listChunk), let last = chunk.last?.domid,
+                  last >= first, last < UInt32.max else { break }
+            next = last + 1
+        }
+        return result
+    }
+
+    public func domainInfo(_ domid: DomID) throws(HostError) -> DomainInfo {
+        let raw = try call("get info of domain \(domid)", goneAs: domid) { () throws(ShimErrno) in
+            try control.domainInfo(handle, domid: domid)
+        }
+        // getinfolist answers with the next domain at or above domid; only an exact match counts.
+        guard raw.domid == domid else { throw .domainNotFound(domid) }
+        return Self.domainInfo(raw)
+    }
+
+    public func guestWidth(_ domid: DomID) throws(HostError) -> GuestWidth {
+        let width = try call("get guest width of domain \(domid)") { () throws(ShimErrno) in
+            try control.guestWidth(handle, domid: domid)
+        }
+        switch width {
+        case 4: return .bits32
+        case 8: return .bits64
+        default: throw .unsupported("guest width of \(width) bytes for domain \(domid) (expected 4 or 8)")
+        }
+    }
+
+    public func nrGpfns(_ domid: DomID) throws(HostError) -> UInt64 {
+        try call("get nr_gpfns of domain \(domid)") { () throws(ShimErrno) in
+            try control.nrGpfns(handle, domid: domid)
+        }
+    }
+
+    public func maxMFN() throws(HostError) -> UInt64 {
+        try call("get the host's maximum RAM page") { () throws(ShimErrno) in
+            try control.maxMFN(handle)
+        }
+    }
+
+    public func sharedInfoPage(_ domid: DomID, frame: UInt64) throws(HostError) -> [UInt8] {
+        let page = try call("map shared info frame \(hex(frame)) of domain \(domid)") { () throws(ShimErrno) in
+            try control.readSharedInfoPage(handle, domid: domid, frame: frame)
+        }
+        guard page.count == pageSize else {
+            throw .system(operation: "read shared info frame \(hex(frame)) of domain \(domid) (\(page.count) bytes)", errno: EIO)
+        }
+        return page
+    }
+
+    public func mapFrames(_ domid: DomID, _ mfns: UnsafeBufferPointer<UInt64>) throws(HostError) -> FrameMapping {
+        if mfns.isEmpty {
+            // privcmd cannot map zero pages; an empty batch needs no mapping at all.
+            return FrameMapping(base: Self.emptyMappingBase, count: 0, errors: [], release: {})
+        }
+        guard let count = UInt32(exactly: mfns.count) else {
+            throw .unsupported("mapping \(mfns.count) frames of domain \(domid) in one call")
+        }
+        let mapped = try call("map \(mfns.count) frames of domain \(domid)", goneAs: domid) { () throws(ShimErrno) in
+            try control.mapFrames(handle, domid: domid, mfns: mfns)
+        }
+        guard mapped.errors.count == mfns.count else {
+            unmapFrames(base: mapped.base, count: count, domid: domid)
+            throw .system(operation: "map \(mfns.count) frames of domain \(domid) (\(mapped.errors.count) error slots)", errno: EIO)
+        }
+        // The closure holds self strongly: the mapping must be undone through the handle
+        // that made it, so the handle stays open until the engine drops the last mapping.
+        return FrameMapping(base: UnsafeRawPointer(mapped.base), count: mfns.count, errors: mapped.errors) {
+            self.unmapFrames(base: mapped.base, count: count, domid: domid)
+        }
+    }
+
+    public func mapM2P(maxMFN: UInt64) throws(HostError) -> M2PMapping {
+        let m2p = try call("map the M2P table up to MFN \(hex(maxMFN))") { () throws(ShimErrno) in
+            try control.mapM2P(handle, maxMFN: maxMFN)
+        }
+        guard let entries = Int(exactly: m2p.entries) else {
+            unmapM2P(m2p)
+            throw .unsupported("an M2P table of \(m2p.entries) entries")
+        }
+        return M2PMapping(entries: UnsafeBufferPointer(start: m2p.base, count: entries)) {
+            self.unmapM2P(m2p)
+        }
+    }
+
+    public func domainName(_ domid: DomID) -> String? {
+        do {
+            let name = try control.domainName(handle, domid: domid)
+            return name.isEmpty ? nil : name
+        } catch {
+            // ENOENT is the ordinary "no name in xenstore"; anything else is worth a trace
+            // (no xenstored, permissions) but still only costs the report its name.
+            if error.code != ENOENT {
+                logger.debug("\(HostError.system(operation: "read the name of domain \(domid) from xenstore", errno: error.code))")
+            }
+            return nil
+        }
+    }
+
+    // MARK: Translation
+
+    static func domainInfo(_ raw: RawDomainInfo) -> DomainInfo {
+        let type: DomainType
+        if raw.flags.contains(.pvh) {
+            type = .pvh
+        } else if raw.flags.contains(.hvm) {
+            type = .hvm
+        } else {
+            type = .pv
+        }
+        return DomainInfo(domid: raw.domid, type: type, dying: raw.flags.contains(.dying),
+                          shutdown: raw.flags.contains(.shutdown), paused: raw.flags.contains(.paused),
+                          totPages: raw.totPages, maxPages: raw.maxPages, sharedInfoFrame: raw.sharedInfoFrame,
+                          uuid: raw.handle)
+    }
+
+    /// Runs one shim call, turning its errno into a HostError that names the attempt.
+    /// ESRCH becomes `.domainNotFound` only where the caller says the domid is the subject.
+    private func call<T>(_ operation: @autoclosure () -> String, goneAs domid: DomID? = nil,
+                         _ body: () throws(ShimErrno) -> T) throws(HostError) -> T {
+        do {
+            return try body()
+        } catch {
+            if error.code == ESRCH, let domid { throw .domainNotFound(domid) }
+            throw .system(operation: operation(), errno: error.code)
+        }
+    }
+
+    // Release paths run from deinit and cannot throw; a failed unmap leaks address space
+    // the operator should hear about.
+    private func unmapFrames(base: UnsafeMutableRawPointer, count: UInt32, domid: DomID) {
+        do {
+            try control.unmapFrames(handle, base: base, count: count)
+        } catch {
+            logger.error("\(HostError.system(operation: "unmap \(count) frames of domain \(domid)", errno: error.code))")
+        }
+    }
+
+    private func unmapM2P(_ m2p: MappedM2P) {
+        do {
+            try control.unmapM2P(base: m2p.base, mappedBytes: m2p.mappedBytes)
+        } catch {
+            logger.error("\(HostError.system(operation: "unmap the M2P table (\(m2p.mappedBytes) bytes)", errno: error.code))")
+        }
+    }
+
+    /// Base of an empty FrameMapping: never dereferenced, since count is 0.
+    private static var emptyMappingBase: UnsafeRawPointer { UnsafeRawPointer(bitPattern: pageSize)! }
+}
+
+private func hex(_ v: UInt64) -> String {
+    "0x" + String(v, radix: 16)
+}

@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+@testable import P2MEngine
+@testable import P2MSimulator
+
+@Suite("Injected faults: each produces exactly its finding")
+struct FaultTests {
+    /// A 64-bit guest, both formats: 1100 MiB populated, 2 GiB maxmem (partly missing leaves).
+    static func guest(_ formats: PublishedFormats = .both) throws -> SimulatedHost {
+        let h = host(4)
+        var spec = GuestSpec.linux(domid: 7, name: "victim", memoryMiB: 1100, maxMiB: 2048, formats: formats)
+        // A partly populated leaf so an unpopulated pfn sits in a private leaf.
+        spec.populated = [0..<(1100 << 8) - 100]
+        try h.createGuest(spec)
+        return h
+    }
+
+    static let cases: [(SimFault, PublishedFormats)] = [
+        (.m2pMismatch(pfn: 1234), .both),
+        (.duplicateMfn(pfn: 5001, sameAs: 5000), .both),
+        (.mfnOutOfRange(pfn: 777), .both),
+        (.identityMismatch(pfn: (1100 << 8) - 50), .both),
+        (.unmappableDataFrame(pfn: 4242), .both),
+        (.treeListMismatch(pfn: 3000), .both),
+        (.zeroFllEntry(index: 0), .both),
+        (.badPteFrame(leaf: 3), .both),
+        (.unmappableLeaf(leaf: 4), .both),
+        (.sharedLeaf(leaf: 6, sameAs: 2), .both),
+        (.pageTableCycle(leaf: 1), .both),
+        (.pteNotPresent(leaf: 5), .both),
+        (.largePage(chunk: 0), .both),
+        (.listVaddr(0x0000_9000_0000_0000), .both),
+        (.listVaddr(0xffff_8000_0000_0000), .both),
+        (.listVaddr(0xffff_c900_0000_0123), .both),
+        (.publishedMaxPfn(1 << 52), .treeOnly),
+        (.unpublished, .both),
+        (.generationAlwaysMoving, .both),
+        (.extraOwnedPages(3), .both),
+        (.nrGpfns(12345), .both),
+    ]
+
+    @Test("fault -> exactly one finding kind", arguments: 0..<21)
+    func exactlyItsFinding(_ i: Int) throws {
+        let (fault, formats) = Self.cases[i]
+        let h = try Self.guest(formats)
+        let clean = scan(h, 7) { $0.probeDataFrames = true }
+        #expect(clean.findings.isEmpty, "before injecting: \(clean.findings)")
+        try h.inject(fault, into: 7)
+        let r = scan(h, 7) { $0.probeDataFrames = true }
+        let expected = try #require(fault.expectedFinding)
+        #expect(kinds(r) == [expected], "\(fault): \(r.findings.map { "\($0.kind.rawValue)=\($0.count) \($0.samples.first.map { "\($0)" } ?? "")" })")
+        #expect(r.severity == expected.severity)
+        #expect(r.finding(expected)?.samples.isEmpty == false)
+        if expected.severity == .critical { #expect(r.migration.verdict == .broken) }
+    }
+
+    @Test func entryFaultsNameThePfn() throws {
+        let h = try Self.guest()
+        try h.inject(.m2pMismatch(pfn: 1234), into: 7)
+        try h.inject(.duplicateMfn(pfn: 5001, sameAs: 5000), into: 7)
+        let r = scan(h, 7)
+        #expect(r.finding(.m2pMismatch)?.count == 1)
+        #expect(r.finding(.m2pMismatch)?.samples.first?.pfn == 1234)
+        #expect(r.finding(.m2pMismatch)?.samples.first?.expected == 1234)
+        #expect(r.finding(.duplicateMfn)?.samples.first?.pfn == 5001)
+        #expect(r.entries.faulty == 2)
+        // The map shows where: the cell holding pfn 1234 is marked faulty.
+        let map = try #require(r.pfnMap)
+        #expect(map.masks[Int(1234 / map.pfnsPerCell)] & PfnMap.Bit.faulty != 0)
+        #expect(map.masks.enumerated().filter { $0.element & PfnMap.Bit.faulty != 0 }.count <= 2)
+    }
+
+    @Test func frameUnmappableNeedsProbe() throws {
+        let h = try Self.guest()
+        try h.inject(.unmappableDataFrame(pfn: 4242), into: 7)
+        #expect(scan(h, 7).findings.isEmpty)
+        #expect(kinds(scan(h, 7) { $0.probeDataFrames = true }) == [.frameUnmappable])
+    }
+
+    @Test func domainVanishingMidScanIsAnError() throws {
+        let h = try Self.guest()
+        try h.inject(.vanishAfterMapCalls(2), into: 7)
+        let r = scan(h, 7)
+        #expect(r.severity == .error)
+        #expect(r.error?.contains("vanished") == true)
+        #expect(r.migration.verdict == .unknown)
+        #expect(h.domids.isEmpty)
+    }
+
+    @Test func allMapsFailingIsAnErrorNotACrash() throws {
+        let h = try Self.guest()
+        try h.inject(.allMapsFail, into: 7)
+        let r = scan(h, 7)
+        #expect(r.severity == .error)
+        #expect(r.error?.contains("EFAULT") == true)
+    }
+
+    @Test func unknownDomainIsAnError() {
+        let r = scan(host(1), 42)
+        #expect(r.severity == .error)
+        #expect(r.error?.contains("does not exist") == true)
+    }
+
+    @Test func hvmAndPvhAreNotApplicable() throws {
+        let h = host(1)
+        var spec = GuestSpec.linux(domid: 2, name: "hvm", memoryMiB: 16)
+        spec.type = .hvm
+        try h.createGuest(spec)
+        spec.domid = 3
+        spec.type = .pvh
+        try h.createGuest(spec)
+        for d in [DomID(2), 3] {
+            let r = scan(h, d)
+            #expect(r.severity == .notApplicable)
+            #expect(r.migration.verdict == .notApplicable)
+            #expect(r.findings.isEmpty)
+        }
+    }
+}

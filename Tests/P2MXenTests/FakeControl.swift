@@ -1,0 +1,219 @@
+// A scripted XenControlInterface: answers with chosen values or errnos and records
+// every call, so the tests can check what XenHost asked for and when.
+
+import Foundation
+import Logging
+@testable import P2MXen
+
+final class FakeControl: XenControlInterface, @unchecked Sendable {
+    enum Op: Hashable, Sendable, CaseIterable {
+        case open, listDomains, domainInfo, guestWidth, nrGpfns, maxMFN, sharedInfo
+        case mapFrames, unmapFrames, mapM2P, unmapM2P, domainName
+    }
+
+    struct LogLine {
+        var level: Int32
+        var errnoval: Int32
+        var context: String
+        var message: String
+    }
+
+    static var handle: OpaquePointer { OpaquePointer(bitPattern: 0xF00D)! }
+
+    private let lock = NSLock()
+    // Script, set before use.
+    var failures: [Op: Int32] = [:]
+    var domains: [RawDomainInfo] = []
+    var width: UInt32 = 8
+    var nrGpfnsValue: UInt64 = 0x10000
+    var maxMFNValue: UInt64 = 0x7ffff
+    var names: [UInt32: String] = [:]
+    var frameErrors: [UInt64: Int32] = [:]
+    var m2pEntries = 1024
+    /// Sent through the shim's log callback while opening / while mapping frames.
+    var logsOnOpen: [LogLine] = []
+    var logsOnMap: [LogLine] = []
+
+    // Record.
+    private(set) var listCalls: [(first: UInt32, max: UInt32)] = []
+    private(set) var calls: [Op] = []
+    private(set) var closeCount = 0
+    private(set) var wrongHandleUses = 0
+    private(set) var liveFrameMappings: [UnsafeMutableRawPointer: Int] = [:]
+    private(set) var unmapFrameCalls: [(base: UnsafeMutableRawPointer, count: UInt32)] = []
+    private(set) var unmapM2PCalls: [(base: UnsafePointer<UInt64>, bytes: Int)] = []
+    private var log: (XenLogCallback, UnsafeMutableRawPointer)?
+
+    private func enter(_ op: Op, _ h: XenHandle?) throws(ShimErrno) {
+        lock.lock()
+        defer { lock.unlock() }
+        calls.append(op)
+        if let h, h != Self.handle { wrongHandleUses += 1 }
+        if let e = failures[op] { throw ShimErrno(e) }
+    }
+
+    private func send(_ lines: [LogLine]) {
+        guard let (fn, ctx) = log else { return }
+        for l in lines { fn(ctx, l.level, l.errnoval, l.context, l.message) }
+    }
+
+    func count(_ op: Op) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return calls.filter { $0 == op }.count
+    }
+
+    func open(log: XenLogCallback?, context: UnsafeMutableRawPointer?) throws(ShimErrno) -> XenHandle {
+        if let log, let context { self.log = (log, context) }
+        // Like libxenctrl, explain a failure through the logger before returning it.
+        send(logsOnOpen)
+        try enter(.open, nil)
+        return Self.handle
+    }
+
+    func close(_ h: XenHandle) {
+        lock.lock()
+        defer { lock.unlock() }
+        if h != Self.handle { wrongHandleUses += 1 }
+        closeCount += 1
+    }
+
+    func listDomains(_ h: XenHandle, first: UInt32, max: UInt32) throws(ShimErrno) -> [RawDomainInfo] {
+        lock.lock()
+        listCalls.append((first, max))
+        lock.unlock()
+        try enter(.listDomains, h)
+        return Array(domains.filter { $0.domid >= first }.prefix(Int(max)))
+    }
+
+    func domainInfo(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> RawDomainInfo {
+        try enter(.domainInfo, h)
+        guard let d = domains.first(where: { $0.domid == domid }) else { throw ShimErrno(ESRCH) }
+        return d
+    }
+
+    func guestWidth(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt32 {
+        try enter(.guestWidth, h)
+        return width
+    }
+
+    func nrGpfns(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt64 {
+        try enter(.nrGpfns, h)
+        return nrGpfnsValue
+    }
+
+    func maxMFN(_ h: XenHandle) throws(ShimErrno) -> UInt64 {
+        try enter(.maxMFN, h)
+        return maxMFNValue
+    }
+
+    func readSharedInfoPage(_ h: XenHandle, domid: UInt32, frame: UInt64) throws(ShimErrno) -> [UInt8] {
+        try enter(.sharedInfo, h)
+        var page = [UInt8](repeating: 0, count: 4096)
+        page[0] = UInt8(truncatingIfNeeded: domid)
+        page[1] = UInt8(truncatingIfNeeded: frame)
+        return page
+    }
+
+    /// Page i of a mapping starts with mfns[i] as a little-endian UInt64.
+    func mapFrames(_ h: XenHandle, domid: UInt32, mfns: UnsafeBufferPointer<UInt64>) throws(ShimErrno) -> MappedFrames {
+        try enter(.mapFrames, h)
+        send(logsOnMap)
+        let base = UnsafeMutableRawPointer.allocate(byteCount: mfns.count * 4096, alignment: 4096)
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: mfns.count * 4096)
+        var errors: [Int32] = []
+        for (i, mfn) in mfns.enumerated() {
+            base.storeBytes(of: mfn.littleEndian, toByteOffset: i * 4096, as: UInt64.self)
+            errors.append(frameErrors[mfn] ?? 0)
+        }
+        lock.lock()
+        liveFrameMappings[base] = mfns.count
+        lock.unlock()
+        return MappedFrames(base: base, errors: errors)
+    }
+
+    func unmapFrames(_ h: XenHandle, base: UnsafeMutableRawPointer, count: UInt32) throws(ShimErrno) {
+        lock.lock()
+        unmapFrameCalls.append((base, count))
+        let wasLive = liveFrameMappings.removeValue(forKey: base) != nil
+        lock.unlock()
+        if wasLive { base.deallocate() }
+        try enter(.unmapFrames, h)
+    }
+
+    func mapM2P(_ h: XenHandle, maxMFN: UInt64) throws(ShimErrno) -> MappedM2P {
+        try enter(.mapM2P, h)
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: m2pEntries)
+        for i in 0..<m2pEntries { p[i] = UInt64(i) &* 3 }
+        return MappedM2P(base: UnsafePointer(p), entries: UInt64(m2pEntries), mappedBytes: m2pEntries * 8)
+    }
+
+    func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno) {
+        lock.lock()
+        unmapM2PCalls.append((base, mappedBytes))
+        lock.unlock()
+        UnsafeMutablePointer(mutating: base).deallocate()
+        try enter(.unmapM2P, nil)
+    }
+
+    func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String {
+        try enter(.domainName, h)
+        guard let n = names[domid] else { throw ShimErrno(ENOENT) }
+        return n
+    }
+
+    func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 {
+        widthBytes == 4 ? 2316 : 3088
+    }
+}
+
+/// Collects what reaches a Logger, so tests can see where xentoollog lines end up.
+final class LogCapture: @unchecked Sendable {
+    struct Record {
+        var level: Logger.Level
+        var message: String
+        var metadata: Logger.Metadata
+    }
+
+    private let lock = NSLock()
+    private var stored: [Record] = []
+
+    var records: [Record] {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
+    }
+
+    func append(_ r: Record) {
+        lock.lock()
+        stored.append(r)
+        lock.unlock()
+    }
+
+    func logger() -> Logger {
+        var l = Logger(label: "xenp2m.test") { _ in CaptureHandler(capture: self) }
+        l.logLevel = .trace
+        return l
+    }
+}
+
+struct CaptureHandler: LogHandler {
+    let capture: LogCapture
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        capture.append(.init(level: event.level, message: event.message.description,
+                             metadata: metadata.merging(event.metadata ?? [:]) { $1 }))
+    }
+}
+
+func raw(_ domid: UInt32, _ flags: DomainFlags = [], handle: [UInt8] = Array(repeating: 0, count: 16)) -> RawDomainInfo {
+    RawDomainInfo(domid: domid, flags: flags, totPages: 0x10000, maxPages: 0x20000,
+                  sharedInfoFrame: 0xabc00 + UInt64(domid), handle: handle)
+}
