@@ -105,7 +105,9 @@ struct RadixWalker {
 
             var chunkStart = 0
             while chunkStart < nodes.count {
-                let chunk = nodes[chunkStart..<min(nodes.count, chunkStart + session.batchFrames)]
+                // Structure levels are small (1/512 of the leaves below them), so they go
+                // in one call up to a generous cap: map calls ~ levels + leaves / batch.
+                let chunk = nodes[chunkStart..<min(nodes.count, chunkStart + max(session.batchFrames, 4096))]
                 chunkStart += chunk.count
                 // Map each distinct frame of the chunk once.
                 var slot: [UInt64: Int] = [:]

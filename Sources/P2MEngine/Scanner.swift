@@ -303,13 +303,9 @@ public final class P2MScanner: @unchecked Sendable {
         defer { checker.deallocate() }
 
         // Frames named by more than one leaf slot: legitimate only for all-INVALID pages.
-        var sorted = w.leaves[0..<nLeaves].filter { $0 != unreadableLeaf }
-        sorted.sort()
-        var shared = Set<UInt64>()
-        if sorted.count > 1 {
-            for i in 1..<sorted.count where sorted[i] == sorted[i - 1] { shared.insert(sorted[i]) }
-        }
-        sorted = []
+        // Found with the checker's MFN bitmap (cleared again before the entry checks),
+        // so this costs no memory beyond the bitmap the scan needs anyway.
+        let shared = checker.framesSeenTwice(w.leaves[0..<nLeaves], ignoring: unreadableLeaf)
         var sharedState: [UInt64: SharedLeaf] = [:]
 
         let cells = max(1, min(options.mapCells, nLeaves))

@@ -283,3 +283,12 @@ extension SimulatedHost {
         if let v = shutdown { domains[domid]?.shutdown = v }
     }
 }
+
+extension SimulatedHost {
+    /// The frames holding the guest's P2M leaves, in pfn order (benchmarks map them to
+    /// compare the engine with a reference loop on identical buffers).
+    public func leafFrames(_ domid: DomID) -> [UInt64] {
+        lock.lock(); defer { lock.unlock() }
+        return domains[domid]?.leafFrames ?? []
+    }
+}

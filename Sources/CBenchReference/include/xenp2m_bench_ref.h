@@ -1,0 +1,18 @@
+/*
+ * The C reference loop for xenp2m's benchmark: the same per-entry work as the
+ * engine's leaf check (classification, M2P round trip, duplicate bitmap), written
+ * plainly so the ratio engine / C shows what the Swift code costs.
+ */
+#ifndef XENP2M_BENCH_REF_H
+#define XENP2M_BENCH_REF_H
+#include <stdint.h>
+
+typedef struct {
+    uint64_t valid, invalid, identity, foreign, faulty;
+} xp2m_ref_counts;
+
+void xp2m_ref_check64(const uint64_t *entries, uint64_t n, const uint64_t *m2p, uint64_t m2p_len,
+                      uint64_t max_mfn, uint64_t *bitmap, xp2m_ref_counts *out);
+void xp2m_ref_check32(const uint32_t *entries, uint64_t n, const uint64_t *m2p, uint64_t m2p_len,
+                      uint64_t max_mfn, uint64_t *bitmap, xp2m_ref_counts *out);
+#endif

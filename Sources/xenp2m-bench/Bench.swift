@@ -1,0 +1,176 @@
+import ArgumentParser
+import CBenchReference
+import Foundation
+import P2MEngine
+import P2MSimulator
+
+/// Benchmarks for the engine. Every number is measured in the same run as its baseline,
+/// and reported as a ratio; nothing here asserts on time.
+@main
+struct XenP2MBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "xenp2m-bench",
+        abstract: "Measure xenp2m's P2M check against a C reference loop, memory use and map calls.")
+
+    @Flag(help: "Item 1 on 4 GiB and 64 GiB guests plus item 3 (under a minute).")
+    var quick = false
+
+    @Flag(help: "Everything: sizes up to 1 TiB (needs ~8 GiB of RAM), memory, scaling curve.")
+    var full = false
+
+    @Option(help: "Repetitions per measurement (the minimum is reported).")
+    var repeats = 5
+
+    @Option(help: "Frames per map call.")
+    var batchFrames = 256
+
+    mutating func run() throws {
+        if !quick && !full { quick = true }
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB; batch_frames=\(batchFrames)")
+        var sizes: [(String, UInt64, PublishedFormats)] = [("4 GiB", 4, .both), ("64 GiB", 64, .both)]
+        if full { sizes += [("512 GiB", 512, .both), ("1 TiB", 1024, .listOnly)] }
+
+        print("\n## 1. check cost per pfn, engine vs C reference on the same leaf buffers and M2P")
+        print(pad("guest", 9) + pad("pfns", 12) + pad("C ns/pfn", 10) + pad("engine ns/pfn", 14) + pad("ratio", 7) + pad("full scan ns/pfn", 17) + "map calls (bound)")
+        var worst = 0.0
+        for (label, gib, formats) in sizes {
+            let r = try measureCheck(gib: gib, formats: formats)
+            worst = max(worst, r.ratio)
+            print(pad(label, 9) + pad("\(r.pfns)", 12) + pad(f(r.cNs), 10) + pad(f(r.engineNs), 14) + pad(f(r.ratio), 7)
+                  + pad(f(r.scanNs), 17) + "\(r.mapCalls) (\(r.mapBound)), frames \(r.frames)")
+        }
+
+        if full {
+            try memory()
+            try scaling()
+        }
+        print("ratio engine/c_reference = \(String(format: "%.2f", worst))")
+    }
+
+    struct CheckResult {
+        var pfns: UInt64
+        var cNs: Double
+        var engineNs: Double
+        var scanNs: Double
+        var mapCalls: UInt64
+        var mapBound: UInt64
+        var frames: UInt64
+        var ratio: Double { engineNs / cNs }
+    }
+
+    func measureCheck(gib: UInt64, formats: PublishedFormats) throws -> CheckResult {
+        let pfns = gib << 18
+        let host = SimulatedHost(frames: pfns + pfns / 256 + (1 << 16))
+        try host.createGuest(GuestSpec(domid: 1, name: "bench", maxPfn: pfns, populated: [0..<pfns], formats: formats))
+        let leaves = host.leafFrames(1)
+        let maxMFN = try host.maxMFN()
+        let m2p = try host.mapM2P(maxMFN: maxMFN)
+        let mapping = try leaves.withUnsafeBufferPointer { buf throws(HostError) in try host.mapFrames(1, buf) }
+        precondition(mapping.errors.allSatisfy { $0 == 0 })
+        let entries = mapping.base.assumingMemoryBound(to: UInt64.self)
+        let clock = ContinuousClock()
+
+        var cBest = Duration.seconds(1e9), eBest = Duration.seconds(1e9), sBest = Duration.seconds(1e9)
+        var report: P2MReport?
+        for _ in 0..<repeats {
+            // C: allocate and clear its bitmap inside the timed region, as the engine does.
+            let t0 = clock.now
+            let words = Int(maxMFN >> 6) + 1
+            let bitmap = UnsafeMutablePointer<UInt64>.allocate(capacity: words)
+            bitmap.initialize(repeating: 0, count: words)
+            var counts = xp2m_ref_counts()
+            xp2m_ref_check64(entries, pfns, m2p.entries.baseAddress, UInt64(m2p.entries.count), maxMFN, bitmap, &counts)
+            bitmap.deallocate()
+            cBest = min(cBest, clock.now - t0)
+            precondition(counts.valid == pfns, "C reference disagrees with the simulator")
+
+            let t1 = clock.now
+            let r = EntryCheckKernel.run(leaves: mapping.base, leafCount: leaves.count, entries: pfns, width: .bits64,
+                                         maxMFN: maxMFN, m2p: m2p.entries)
+            eBest = min(eBest, clock.now - t1)
+            precondition(r.counts.valid == pfns && r.findings == 0, "engine disagrees with the C reference")
+
+            var opts = ScanOptions()
+            opts.batchFrames = batchFrames
+            let t2 = clock.now
+            let rep = P2MScanner(host: host, options: opts).scan(1)
+            sBest = min(sBest, clock.now - t2)
+            precondition(rep.severity == .ok, "scan of a healthy guest found \(rep.findings)")
+            report = rep
+        }
+        let rep = report!
+        let fmt = rep.primaryFormat == .linearList ? rep.linearList! : rep.tree!
+        let bound = (fmt.leafFrames + UInt64(batchFrames) - 1) / UInt64(batchFrames) + UInt64(fmt.levels)
+            + (rep.tree != nil && rep.linearList != nil ? UInt64(rep.tree!.levels) : 0)
+        return CheckResult(pfns: pfns, cNs: ns(cBest) / Double(pfns), engineNs: ns(eBest) / Double(pfns),
+                           scanNs: ns(sBest) / Double(pfns), mapCalls: rep.stats.mapCalls, mapBound: bound,
+                           frames: rep.stats.framesMapped)
+    }
+
+    /// Item 2: the scanner's own peak memory, from the kernel's peak-RSS counter reset
+    /// just before the scan (the simulated host's memory is resident before it starts).
+    func memory() throws {
+        print("\n## 2. peak RSS growth of one scan (the scanner's own memory)")
+        print(pad("guest", 26) + pad("host frames", 13) + pad("MFN bitmap", 12) + pad("peak growth", 13) + "growth - bitmap")
+        for (label, gib, populated, formats) in [("4 GiB full", UInt64(4), UInt64(4), PublishedFormats.both),
+                                                  ("1 TiB, 4 GiB populated", 1024, 4, .listOnly),
+                                                  ("1 TiB full (list only)", 1024, 1024, .listOnly)] {
+            let pfns = gib << 18
+            let host = SimulatedHost(frames: (populated << 18) + pfns / 256 + (1 << 16))
+            try host.createGuest(GuestSpec(domid: 1, name: "m", maxPfn: pfns, populated: [0..<(populated << 18)], formats: formats))
+            let bitmap = (try host.maxMFN() >> 3) + 8
+            resetPeakRSS()
+            let before = rssBytes()
+            let r = P2MScanner(host: host).scan(1)
+            precondition(r.severity == .ok)
+            let growth = peakRSSBytes() - before
+            print(pad(label, 26) + pad("\(host.frameCount)", 13) + pad(mib(bitmap), 12) + pad(mib(growth), 13)
+                  + mib(growth > bitmap ? growth - bitmap : 0))
+        }
+    }
+
+    /// Item 6: cost against the number of guests (64 MiB each).
+    func scaling() throws {
+        print("\n## 6. scaling: scan every guest once")
+        print(pad("guests", 8) + pad("populated pfns", 16) + pad("time", 12) + pad("ns/pfn", 9) + "peak RSS growth")
+        for n in [1, 10, 100, 1000] {
+            let host = SimulatedHost(frames: UInt64(n) * (1 << 14) + UInt64(n) * 64 + (1 << 16))
+            for d in 0..<n {
+                try host.createGuest(.linux(domid: DomID(d + 1), name: "g\(d)", memoryMiB: 64))
+            }
+            let scanner = P2MScanner(host: host)
+            resetPeakRSS()
+            let before = rssBytes()
+            let clock = ContinuousClock()
+            let t0 = clock.now
+            for d in 0..<n { precondition(scanner.scan(DomID(d + 1)).severity == .ok) }
+            let t = clock.now - t0
+            let pfns = UInt64(n) << 14
+            print(pad("\(n)", 8) + pad("\(pfns)", 16) + pad("\(f(ns(t) / 1e6)) ms", 12) + pad(f(ns(t) / Double(pfns)), 9)
+                  + mib(peakRSSBytes() - before))
+        }
+    }
+}
+
+func ns(_ d: Duration) -> Double {
+    let c = d.components
+    return Double(c.seconds) * 1e9 + Double(c.attoseconds) / 1e9
+}
+
+func f(_ v: Double) -> String { String(format: "%.2f", v) }
+func mib(_ b: UInt64) -> String { String(format: "%.1f MiB", Double(b) / 1048576) }
+func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+
+func statusField(_ name: String) -> UInt64 {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix(name + ":") {
+        let digits = line.dropFirst(name.count + 1).filter(\.isNumber)
+        return (UInt64(digits) ?? 0) * 1024
+    }
+    return 0
+}
+
+func rssBytes() -> UInt64 { statusField("VmRSS") }
+func peakRSSBytes() -> UInt64 { statusField("VmHWM") }
+/// Writing 5 to clear_refs resets the peak-RSS counter (Linux >= 4.0).
+func resetPeakRSS() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
