@@ -82,6 +82,7 @@ extension SimulatedHost {
             guard e != .max, e & P2MEntry.identityBit(d.width) == 0, e & P2MEntry.foreignBit(d.width) == 0 else {
                 throw SimError.cannotInject("pfn \(pfn) of domain \(domid) is not populated")
             }
+            guard contents[e] == nil else { throw SimError.cannotInject("pfn \(pfn) holds one of the guest's P2M pages") }
             return e
         }
         func privateLeaf(_ k: Int) throws(SimError) -> UInt64 {

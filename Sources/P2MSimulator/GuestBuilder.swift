@@ -47,23 +47,28 @@ extension SimulatedHost {
         d.hasList = spec.formats != .treeOnly
         d.ptLevels = spec.width == .bits64 ? spec.pagingLevels : 3
 
-        d.missingLeaf = try allocFrame(for: d.domid)
+        // Linux allocates its P2M pages from its own RAM, so they are populated pfns
+        // too: reserve the top of the guest's RAM for them (the exact need is only
+        // known while building; leftovers become ordinary RAM at the end).
+        d.reserve = reservePfns(spec, d)
+        let reserved = Set(d.reserve)
+        d.missingLeaf = try allocStructure(d)
         fillInvalid(d.missingLeaf)
-        d.identityLeaf = try allocFrame(for: d.domid)
+        d.identityLeaf = try allocStructure(d)
         fillInvalid(d.identityLeaf)
         d.leafFrames = [UInt64](repeating: d.missingLeaf, count: d.leafCount)
 
         if d.hasTree {
-            d.midMissing = try allocFrame(for: d.domid)
+            d.midMissing = try allocStructure(d)
             for i in 0..<d.fpp { store(d.midMissing, i, d.missingLeaf, bytes: d.entryBytes) }
-            d.fll = try allocFrame(for: d.domid)
+            d.fll = try allocStructure(d)
             for i in 0..<d.fpp { store(d.fll, i, d.midMissing, bytes: d.entryBytes) }
             d.mids = [UInt64](repeating: d.midMissing, count: d.fpp)
         }
         if d.hasList {
-            d.missingPte = try allocFrame(for: d.domid)
+            d.missingPte = try allocStructure(d)
             for i in 0..<512 { store(d.missingPte, i, (d.missingLeaf << pageShift) | sharedLeafFlags, bytes: 8) }
-            d.ptRoot = try allocFrame(for: d.domid)
+            d.ptRoot = try allocStructure(d)
             d.vaddr = spec.p2mVaddr ?? defaultVaddr(d)
             // Map every 2 MiB range of the list (Linux rounds the area up) to the shared L1.
             let chunks = (d.leafCount + 511) / 512
@@ -73,7 +78,19 @@ extension SimulatedHost {
         }
 
         for r in spec.identity { try setIdentity(d, r) }
-        for r in spec.populated { try populate(d, r) }
+        for r in spec.populated { try populate(d, r, skipping: reserved) }
+        // Write the entries of the pfns whose frames now hold P2M pages (their leaves
+        // may need pages of their own, hence the loop), then hand back the rest.
+        while let (pfn, mfn) = d.pending.popLast() {
+            let k = Int(pfn / fpp)
+            let leaf = try realLeaf(d, k)
+            store(leaf, Int(pfn % fpp), mfn, bytes: d.entryBytes)
+        }
+        let leftover = d.reserve
+        d.reserve = []
+        for pfn in leftover { try populate(d, pfn..<(pfn + 1)) }
+        // Some free kernel pages for P2M growth after boot (ballooning up).
+        d.kernelPool = leftover.suffix(64).map { ($0, entry(d, $0)) }
 
         d.shared = ArchSharedInfo(
             maxPfn: spec.maxPfn,
@@ -115,7 +132,7 @@ extension SimulatedHost {
             let idx = ptIndex(d, v, level: level)
             let e = load(table, idx, bytes: 8)
             if e & 1 == 0 {
-                let t = try allocFrame(for: d.domid)
+                let t = try allocStructure(d)
                 _ = page(t)
                 store(table, idx, (t << pageShift) | tableFlags, bytes: 8)
                 table = t
@@ -139,7 +156,7 @@ extension SimulatedHost {
         let e = load(t, i, bytes: 8)
         var l1 = (e & 0x000f_ffff_ffff_f000) >> pageShift
         if e & 1 == 0 || l1 == d.missingPte {
-            let fresh = try allocFrame(for: d.domid)
+            let fresh = try allocStructure(d)
             page(fresh).copyMemory(from: page(d.missingPte), byteCount: pageSize)
             mappingChange(d) { store(t, i, (fresh << pageShift) | tableFlags, bytes: 8) }
             l1 = fresh
@@ -164,7 +181,7 @@ extension SimulatedHost {
         if d.hasTree && k < d.fpp * d.fpp {
             let top = k / d.fpp, mid = k % d.fpp
             if d.mids[top] == d.midMissing {
-                let m = try allocFrame(for: d.domid)
+                let m = try allocStructure(d)
                 for i in 0..<d.fpp { store(m, i, d.missingLeaf, bytes: d.entryBytes) }
                 d.mids[top] = m
                 store(d.fll, top, m, bytes: d.entryBytes)
@@ -179,7 +196,7 @@ extension SimulatedHost {
     func realLeaf(_ d: SimDomain, _ k: Int) throws(SimError) -> UInt64 {
         let cur = d.leafFrames[k]
         if cur != d.missingLeaf && cur != d.identityLeaf { return cur }
-        let fresh = try allocFrame(for: d.domid)
+        let fresh = try allocStructure(d)
         if cur == d.identityLeaf {
             let first = UInt64(k * d.fpp)
             for i in 0..<d.fpp { store(fresh, i, P2MEntry.identity(first + UInt64(i), d.width), bytes: d.entryBytes) }
@@ -207,20 +224,71 @@ extension SimulatedHost {
         }
     }
 
-    func populate(_ d: SimDomain, _ r: Range<UInt64>) throws(SimError) {
+    /// The top pfns of the populated ranges, enough for every P2M page the build can
+    /// need (leaves, mid pages, page tables, shared pages), at most half the RAM.
+    func reservePfns(_ spec: GuestSpec, _ d: SimDomain) -> [UInt64] {
+        let fpp = UInt64(d.fpp)
+        let ranges = spec.populated + spec.identity
+        let leaves = ranges.reduce(UInt64(0)) { $0 + UInt64($1.count) / fpp + 2 }
+        let mids = d.hasTree ? min(fpp, leaves) : 0
+        let tables = d.hasList ? (leaves / 512 + UInt64(ranges.count) + 2) * UInt64(d.ptLevels + 1) : 0
+        let need = 8 + leaves + mids + tables
+        let ram = spec.populated.reduce(UInt64(0)) { $0 + UInt64($1.count) }
+        var want = min(need, ram / 2)
+        var out: [UInt64] = []
+        for r in spec.populated.sorted(by: { $0.lowerBound > $1.lowerBound }) where want > 0 {
+            var pfn = r.upperBound
+            while pfn > r.lowerBound && want > 0 {
+                pfn -= 1
+                out.append(pfn)
+                want -= 1
+            }
+        }
+        // popLast hands out the lowest reserved pfn first.
+        return out
+    }
+
+    /// A frame for a P2M page. While building it comes from the reserved top of the
+    /// guest's RAM; afterwards from the kernel's free pages, as Linux's alloc_p2m does.
+    /// Only when both are exhausted is it a frame outside the P2M (tot_pages unchanged).
+    func allocStructure(_ d: SimDomain) throws(SimError) -> UInt64 {
+        if d.building, let pfn = d.reserve.popLast() {
+            let mfn = try allocFrame(for: d.domid)
+            m2p[Int(mfn)] = pfn
+            d.pending.append((pfn, mfn))
+            d.populatedCount += 1
+            return mfn
+        }
+        if !d.building, let (_, mfn) = d.kernelPool.popLast() {
+            return mfn
+        }
+        return try allocFrame(for: d.domid)
+    }
+
+    func populate(_ d: SimDomain, _ r: Range<UInt64>, skipping reserved: Set<UInt64> = []) throws(SimError) {
         let fpp = UInt64(d.fpp)
         var pfn = r.lowerBound
         while pfn < r.upperBound {
             let k = Int(pfn / fpp)
             let leaf = try realLeaf(d, k)
             let end = min(r.upperBound, UInt64(k + 1) * fpp)
+            // One page lookup per leaf, not per entry: building a 1 TiB guest touches
+            // hundreds of millions of entries.
+            let p = page(leaf)
             while pfn < end {
                 let idx = Int(pfn % fpp)
-                if load(leaf, idx, bytes: d.entryBytes) == UInt64.max {
+                let unpopulated = d.entryBytes == 4
+                    ? p.load(fromByteOffset: idx * 4, as: UInt32.self) == .max
+                    : p.load(fromByteOffset: idx * 8, as: UInt64.self) == .max
+                if unpopulated && !reserved.contains(pfn) {
                     let mfn = try allocFrame(for: d.domid)
                     if d.width == .bits32 && mfn >= (1 << 30) { throw SimError.invalidSpec("32-bit guest frame above 4 TiB") }
                     m2p[Int(mfn)] = pfn
-                    store(leaf, idx, mfn, bytes: d.entryBytes)
+                    if d.entryBytes == 4 {
+                        p.storeBytes(of: UInt32(mfn), toByteOffset: idx * 4, as: UInt32.self)
+                    } else {
+                        p.storeBytes(of: mfn, toByteOffset: idx * 8, as: UInt64.self)
+                    }
                     d.populatedCount += 1
                 }
                 pfn += 1
@@ -249,6 +317,8 @@ extension SimulatedHost {
                 pfn -= 1
                 let e = entry(d, pfn)
                 if e == .max || e & P2MEntry.identityBit(d.width) != 0 || e & P2MEntry.foreignBit(d.width) != 0 { continue }
+                // The balloon driver cannot take pages the kernel uses for its P2M.
+                if contents[e] != nil || d.kernelPool.contains(where: { $0.pfn == pfn }) { continue }
                 let k = Int(pfn / UInt64(d.fpp))
                 store(d.leafFrames[k], Int(pfn % UInt64(d.fpp)), .max, bytes: d.entryBytes)
                 if e < frameCount { freeFrame(e) }
@@ -257,7 +327,11 @@ extension SimulatedHost {
         } else {
             var pfn: UInt64 = 0
             while d.populatedCount < pages && pfn < d.shared.maxPfn {
-                if entry(d, pfn) == .max { try populate(d, pfn..<(pfn + 1)) }
+                if entry(d, pfn) == .max {
+                    try populate(d, pfn..<(pfn + 1))
+                    // Fresh RAM feeds the kernel's allocator, which later P2M pages use.
+                    if d.kernelPool.count < 64 { d.kernelPool.append((pfn, entry(d, pfn))) }
+                }
                 pfn += 1
             }
         }

@@ -100,6 +100,12 @@ final class SimDomain {
     var ptLevels = 4
     var vaddr: UInt64 = 0
     var building = true
+    /// Pfns set aside (during the build) for P2M pages, lowest last.
+    var reserve: [UInt64] = []
+    /// (pfn, mfn) of P2M pages whose own P2M entry is still to be written.
+    var pending: [(UInt64, UInt64)] = []
+    /// Populated pages free for the kernel's use, taken when the P2M grows.
+    var kernelPool: [(pfn: UInt64, mfn: UInt64)] = []
 
     init(spec: GuestSpec, sharedInfoFrame: UInt64) {
         domid = spec.domid
