@@ -140,7 +140,7 @@ struct RadixWalker {
 
                     // Entry range of this page that covers [vpnStart, vpnEnd).
                     let firstIdx = vpnStart > n.vpnBase ? Int((vpnStart - n.vpnBase) >> cover) : 0
-                    guard vpnEnd > n.vpnBase else { continue }
+                    guard vpnEnd > max(n.vpnBase, vpnStart) else { continue }
                     let lastIdx = min(fanout - 1, Int((vpnEnd - 1 - n.vpnBase) >> cover))
                     if firstIdx > lastIdx { continue }
 

@@ -294,6 +294,9 @@ public final class P2MScanner: @unchecked Sendable {
     private enum SharedLeaf {
         case sharedInvalid
         case misused
+        /// A shared frame that refused to map: later slots naming it are not retried,
+        /// so a hostile layout cannot turn every slot into its own map call.
+        case unmappable(Int32)
     }
 
     private func checkLeaves(_ w: WalkResult, effective: UInt64, width: GuestWidth, maxMFN: UInt64, m2p: M2PMapping, a: Attempt) throws(HostError) {
@@ -334,6 +337,12 @@ public final class P2MScanner: @unchecked Sendable {
                     case .sharedInvalid:
                         checker.counts.invalid &+= UInt64(n)
                         masks[i / leavesPerCell] |= PfnMap.Bit.invalid
+                    case .unmappable(let err):
+                        a.findings.add(.structureUnmappable, FindingSample(pfn: UInt64(i) &* UInt64(fpp), mfn: m, level: 0, index: UInt64(i), format: a.primary,
+                                                                          note: "leaf, errno \(err)"))
+                        checker.counts.faulty &+= UInt64(n)
+                        a.populatedKnown = false
+                        masks[i / leavesPerCell] |= PfnMap.Bit.unreadable
                     case .misused:
                         // The pfns this slot should describe are unknown.
                         a.populatedKnown = false
@@ -357,6 +366,7 @@ public final class P2MScanner: @unchecked Sendable {
                 let n = entriesIn(leaf)
                 let cell = leaf / leavesPerCell
                 guard let page = mapping.page(slot) else {
+                    if shared.contains(m) { sharedState[m] = .unmappable(mapping.errors[slot]) }
                     a.findings.add(.structureUnmappable, FindingSample(pfn: UInt64(leaf) &* UInt64(fpp), mfn: m, level: 0, index: UInt64(leaf), format: a.primary,
                                                                       note: "leaf, errno \(mapping.errors[slot])"))
                     checker.counts.faulty &+= UInt64(n)

@@ -41,6 +41,10 @@ extension SimulatedHost {
         if spec.width == .bits64 && !(spec.pagingLevels == 4 || spec.pagingLevels == 5) {
             throw SimError.invalidSpec("64-bit guests use 4 or 5 page-table levels, not \(spec.pagingLevels)")
         }
+        if let v = spec.p2mVaddr, v & ((1 << 21) - 1) != 0 {
+            // Linux's P2M area is PMD aligned; the builder maps it in 2 MiB ranges.
+            throw SimError.invalidSpec("p2m_vaddr \(String(v, radix: 16)) is not 2 MiB aligned")
+        }
         let fpp = UInt64(d.fpp)
         d.leafCount = Int((spec.maxPfn + fpp - 1) / fpp)
         d.hasTree = spec.formats != .listOnly

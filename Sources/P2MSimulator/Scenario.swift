@@ -73,6 +73,7 @@ public struct Scenario: Sendable {
         spec.type = type
         spec.pagingLevels = levels
         spec.p2mVaddr = try d.uint("p2m_vaddr")
+        if let v = spec.p2mVaddr, v & ((1 << 21) - 1) != 0 { throw d.error("p2m_vaddr", "must be 2 MiB aligned, as Linux's P2M area is") }
         for r in try d.list("identity") {
             try r.allowOnly(["start_pfn", "count"])
             guard let start = try r.uint("start_pfn"), let count = try r.uint("count") else {
