@@ -1,0 +1,257 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import P2MEngine
+import ServiceLifecycle
+import XenP2MAPI
+
+/// Where the API listens.
+enum Listener: Sendable {
+    /// Bind (and own) a socket file, with the given mode and group.
+    case unixPath(String, mode: UInt32, group: gid_t?)
+    /// An already bound socket from systemd (its unit sets mode and group).
+    case activated(Int32)
+    /// The optional metrics-only TCP listener.
+    case tcp(host: String, port: Int)
+}
+
+/// Layout of Linux's `struct ucred` (SO_PEERCRED), which Glibc's module does not export
+/// without _GNU_SOURCE.
+struct UCred: Sendable {
+    var pid: Int32
+    var uid: UInt32
+    var gid: UInt32
+}
+
+/// Limits applied to every connection.
+struct HTTPLimits: Sendable {
+    var maxBodyBytes: Int
+    var maxHeaders: Int
+    var idleTimeout: Double
+}
+
+typealias HTTPConnection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+
+/// The socket API: HTTP/1.1 + JSON on SwiftNIO. One instance per listener.
+final class APIServer: Service, @unchecked Sendable {
+    let listener: Listener
+    let api: API
+    let limits: @Sendable () -> HTTPLimits
+    let group: MultiThreadedEventLoopGroup
+    let logger: Logger
+    let metricsOnly: Bool
+    private let boundLock = NSLock()
+    private var boundPromise: [CheckedContinuation<Void, Error>] = []
+    private var bound = false
+    private var bindError: Error?
+
+    init(listener: Listener, api: API, limits: @escaping @Sendable () -> HTTPLimits, group: MultiThreadedEventLoopGroup,
+         logger: Logger, metricsOnly: Bool = false) {
+        self.listener = listener
+        self.api = api
+        self.limits = limits
+        self.group = group
+        self.logger = logger
+        self.metricsOnly = metricsOnly
+    }
+
+    /// Binds the listener; separate from `run` so start-up can fail before READY=1.
+    func bind() async throws -> NIOAsyncChannel<(HTTPConnection, PeerCredentials?), Never> {
+        let limits = self.limits
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 128)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        let initializer: @Sendable (Channel) -> EventLoopFuture<(HTTPConnection, PeerCredentials?)> = { channel in
+            let creds: EventLoopFuture<PeerCredentials?>
+            if let provider = channel as? SocketOptionProvider, case .unixDomainSocket = channel.localAddress {
+                creds = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+                    .map { (c: UCred) -> PeerCredentials? in PeerCredentials(pid: c.pid, uid: c.uid, gid: c.gid) }
+                    .recover { _ in nil }
+            } else {
+                creds = channel.eventLoop.makeSucceededFuture(nil)
+            }
+            return creds.flatMapThrowing { cred in
+                let l = limits()
+                let sync = channel.pipeline.syncOperations
+                try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                try sync.addHandler(JSONProtocolErrorHandler())
+                try sync.addHandler(IdleCloseHandler(), position: .first)
+                try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(l.idleTimeout * 1000))),
+                                    name: "idle", position: .first)
+                let conn = try HTTPConnection(wrappingChannelSynchronously: channel)
+                return (conn, cred)
+            }
+        }
+        switch listener {
+        case .unixPath(let path, let mode, let gid):
+            let ch = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true,
+                                              childChannelInitializer: initializer)
+            if chmod(path, mode_t(mode)) != 0 {
+                logger.warning("cannot set socket mode", metadata: ["path": "\(path)", "errno": "\(errno)"])
+            }
+            if let gid, chown(path, uid_t.max, gid) != 0 {
+                logger.warning("cannot set socket group", metadata: ["path": "\(path)", "errno": "\(errno)"])
+            }
+            return ch
+        case .activated(let fd):
+            return try await bootstrap.bind(fd, childChannelInitializer: initializer)
+        case .tcp(let host, let port):
+            return try await bootstrap.bind(host: host, port: port, childChannelInitializer: initializer)
+        }
+    }
+
+    var server: NIOAsyncChannel<(HTTPConnection, PeerCredentials?), Never>?
+
+    func run() async throws {
+        guard let server else { throw IncidentLogError(message: "API server run before bind") }
+        let api = self.api
+        let limits = self.limits
+        let metricsOnly = self.metricsOnly
+        let logger = self.logger
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                try await server.executeThenClose { inbound in
+                    for try await (conn, cred) in inbound {
+                        group.addTask {
+                            await Self.serve(conn, peer: cred, api: api, limits: limits(), metricsOnly: metricsOnly, logger: logger)
+                        }
+                    }
+                }
+                // The listener is closed: open keep-alive connections get no new requests.
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            server.channel.close(promise: nil)
+        }
+        if case .unixPath(let path, _, _) = listener { unlink(path) }
+    }
+
+    /// Serves one connection: requests in order, until the peer closes, asks to close,
+    /// idles out or sends something that is not HTTP.
+    static func serve(_ conn: HTTPConnection, peer: PeerCredentials?, api: API, limits: HTTPLimits, metricsOnly: Bool,
+                      logger: Logger) async {
+        do {
+            try await conn.executeThenClose { inbound, outbound in
+                var head: HTTPRequestHead?
+                var body = ByteBuffer()
+                var refused: APIResponse?
+                for try await part in inbound {
+                    switch part {
+                    case .head(let h):
+                        head = h
+                        body.clear()
+                        refused = nil
+                        if h.headers.count > limits.maxHeaders {
+                            refused = .error(.requestHeaderFieldsTooLarge, "header_fields_too_large",
+                                             "at most \(limits.maxHeaders) header fields are accepted")
+                        } else if let len = h.headers.first(name: "content-length").flatMap(Int.init), len > limits.maxBodyBytes {
+                            refused = .error(.payloadTooLarge, "payload_too_large", "request bodies are limited to \(limits.maxBodyBytes) bytes")
+                        }
+                    case .body(var b):
+                        guard refused == nil else { continue }
+                        if body.readableBytes + b.readableBytes > limits.maxBodyBytes {
+                            refused = .error(.payloadTooLarge, "payload_too_large", "request bodies are limited to \(limits.maxBodyBytes) bytes")
+                        } else {
+                            body.writeBuffer(&b)
+                        }
+                    case .end:
+                        guard let h = head else { continue }
+                        head = nil
+                        let response: APIResponse
+                        if let refused {
+                            response = refused
+                        } else if metricsOnly && h.uri.split(separator: "?").first != "/metrics" {
+                            response = .error(.notFound, "not_found", "this listener serves GET /metrics only")
+                        } else {
+                            response = await api.handle(method: h.method, uri: h.uri, body: body, peer: peer)
+                        }
+                        let keepAlive = h.isKeepAlive && refused == nil
+                        switch response {
+                        case .full(let status, let contentType, let payload, let extra):
+                            var headers = HTTPHeaders()
+                            headers.add(name: "Content-Type", value: contentType)
+                            headers.add(name: "Content-Length", value: "\(payload.readableBytes)")
+                            headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+                            for (k, v) in extra { headers.add(name: k, value: v) }
+                            try await outbound.write(.head(HTTPResponseHead(version: h.version, status: status, headers: headers)))
+                            try await outbound.write(.body(.byteBuffer(payload)))
+                            try await outbound.write(.end(nil))
+                            if !keepAlive { return }
+                        case .stream(let backlog, let live):
+                            // A watch connection sends nothing more: the idle limit is for
+                            // requests, not for a client waiting on events.
+                            _ = try? await conn.channel.pipeline.removeHandler(name: "idle").get()
+                            var headers = HTTPHeaders()
+                            headers.add(name: "Content-Type", value: "application/x-ndjson")
+                            headers.add(name: "Cache-Control", value: "no-store")
+                            headers.add(name: "Connection", value: "close")
+                            // No Content-Length: NIO sends HTTP/1.1 chunked encoding.
+                            try await outbound.write(.head(HTTPResponseHead(version: h.version, status: .ok, headers: headers)))
+                            let enc = APIJSON.encoder()
+                            for e in backlog { try await outbound.write(.body(.byteBuffer(Self.line(e, enc)))) }
+                            if let live {
+                                for await e in live {
+                                    try await outbound.write(.body(.byteBuffer(Self.line(e, enc))))
+                                }
+                            }
+                            try await outbound.write(.end(nil))
+                            return
+                        }
+                    }
+                }
+            }
+        } catch {
+            logger.debug("connection ended", metadata: ["error": "\(error)"])
+        }
+    }
+
+    static func line(_ e: DaemonEvent, _ enc: JSONEncoder) -> ByteBuffer {
+        var data = (try? enc.encode(e)) ?? Data()
+        data.append(10)
+        return ByteBuffer(bytes: data)
+    }
+}
+
+/// Turns HTTP parse errors into a JSON 400 (or 431) and closes: NIO's own handler sends
+/// an empty body, and every error of this API is JSON.
+final class JSONProtocolErrorHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let e = error as? HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        let tooLarge = e == .headerOverflow
+        let apiError = tooLarge
+            ? APIError(code: "header_fields_too_large", message: "request header too large")
+            : APIError(code: "bad_request", message: "malformed HTTP request: \(e)")
+        let payload = (try? APIJSON.encoder().encode(apiError)) ?? Data()
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: "\(payload.count)")
+        headers.add(name: "Connection", value: "close")
+        let head = HTTPResponseHead(version: .http1_1, status: tooLarge ? .requestHeaderFieldsTooLarge : .badRequest, headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: payload)))), promise: nil)
+        let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in ctx.value.close(promise: nil) }
+    }
+}
+
+/// Closes connections that sent nothing for the idle limit.
+final class IdleCloseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+}

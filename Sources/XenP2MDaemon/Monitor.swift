@@ -1,0 +1,459 @@
+import Dispatch
+import Foundation
+import Logging
+import P2MEngine
+import XenP2MAPI
+
+/// Why an API request could not be answered.
+enum MonitorError: Error {
+    case notFound(DomID)
+    case timeout(DomID, Double)
+    case shuttingDown
+}
+
+/// The daemon's state: every known domain with its latest report and a short history,
+/// the poll loop's bookkeeping, and the rules that turn report changes into events.
+/// Scans themselves run off the actor (they block on the host), so API reads never wait
+/// for a scan.
+public actor Monitor {
+    struct Record {
+        var info: DomainInfo
+        var latest: P2MReport?
+        var history: [P2MReport] = []
+        /// Why it is not scanned (dying, shut down), or nil.
+        var stopping: String?
+        var announced = false
+        /// Frames the last scan mapped: the budget's estimate for the next one.
+        var lastFrames: UInt64?
+    }
+
+    let host: any P2MHost
+    let tick: (@Sendable () throws -> [DomID])?
+    let hub: EventHub
+    let metrics: DaemonMetrics
+    let logger: Logger
+    private(set) var config: DaemonConfig
+    private var scanner: P2MScanner
+    private let budget: ScanBudget
+    private var records: [DomID: Record] = [:]
+    private var manualScans: [DomID: Task<P2MReport?, Never>] = [:]
+    private let startedAt = ContinuousClock.now
+    private(set) var polls: UInt64 = 0
+    private var lastPollAt: Date?
+    private var lastPollDuration: Double?
+    /// Set while a poll runs and refreshed on each finished scan; the watchdog stops
+    /// pinging when it gets old (a hung host call), and systemd restarts the service.
+    private(set) var busySince: ContinuousClock.Instant?
+    var configFile: String?
+    var configGeneration = 1
+    var configError: String?
+    private var readyContinuations: [CheckedContinuation<Void, Never>] = []
+
+    init(host: any P2MHost, tick: (@Sendable () throws -> [DomID])?, config: DaemonConfig, hub: EventHub,
+         metrics: DaemonMetrics, logger: Logger) {
+        self.host = host
+        self.tick = tick
+        self.config = config
+        self.hub = hub
+        self.metrics = metrics
+        self.logger = logger
+        scanner = P2MScanner(host: host, options: Self.scanOptions(config))
+        budget = ScanBudget(framesPerSecond: config.scanBudgetFramesPerSecond)
+        metrics.incidents.set(to: Double(hub.incidentCount))
+    }
+
+    static func scanOptions(_ c: DaemonConfig) -> ScanOptions {
+        var o = ScanOptions()
+        o.probeDataFrames = c.probeDataFrames
+        o.sampleLimit = c.sampleLimit
+        return o
+    }
+
+    // MARK: - Configuration
+
+    func apply(config new: DaemonConfig, file: String?) async {
+        config = new
+        configFile = file
+        configGeneration += 1
+        configError = nil
+        scanner = P2MScanner(host: host, options: Self.scanOptions(new))
+        await budget.setRate(new.scanBudgetFramesPerSecond)
+    }
+
+    func refuseReload(_ why: String) { configError = why }
+
+    // MARK: - Polling
+
+    /// One cycle: let the simulator move, discover domains, scan the live ones within
+    /// the concurrency limit and the frame budget, and publish what changed.
+    public func poll() async {
+        let clock = ContinuousClock()
+        let start = clock.now
+        busySince = start
+        defer { busySince = nil }
+        if let tick {
+            do {
+                _ = try tick()
+            } catch {
+                logger.warning("simulated fleet could not balloon", metadata: ["error": "\(error)"])
+            }
+        }
+        let host = self.host
+        let listed = await runBlocking { () -> Result<[DomainInfo], HostError> in
+            do throws(HostError) { return .success(try host.listDomains()) } catch { return .failure(error) }
+        }
+        guard case .success(let infos)? = listed else {
+            if case .failure(let e)? = listed {
+                logger.error("cannot list domains", metadata: ["error": "\(e)"])
+                metrics.scanErrors.increment()
+            }
+            return
+        }
+        let seen = Set(infos.map(\.domid))
+        for (domid, rec) in records where !seen.contains(domid) {
+            gone(domid, rec, why: "destroyed")
+        }
+        var due: [(DomID, String, UInt64)] = []
+        for info in infos {
+            if let rec = records[info.domid], rec.info.uuid != info.uuid {
+                let old = rec.latest?.uuid ?? rec.info.uuidString
+                records[info.domid] = nil
+                metrics.remove(info.domid)
+                hub.publish(kind: .domainReused, domid: info.domid, name: rec.latest?.name, uuid: info.uuidString,
+                            severity: nil, previous: old, current: info.uuidString,
+                            message: "domid \(info.domid) reused: guest \(old) is gone, \(info.uuidString) took its id")
+            }
+            var rec = records[info.domid] ?? Record(info: info)
+            rec.info = info
+            if info.dying || info.shutdown {
+                let why = info.dying ? "dying" : "shut down"
+                if rec.stopping == nil {
+                    rec.stopping = why
+                    hub.publish(kind: .domainStopping, domid: info.domid, name: rec.latest?.name ?? host.domainName(info.domid),
+                                uuid: info.uuidString, severity: rec.latest?.severity, current: why,
+                                message: "domain \(info.domid) is \(why): no longer scanned")
+                }
+                records[info.domid] = rec
+                continue
+            }
+            rec.stopping = nil
+            records[info.domid] = rec
+            let fpp: UInt64 = 512
+            due.append((info.domid, info.uuidString, rec.lastFrames ?? (info.maxPages / fpp + 8)))
+        }
+        metrics.domains.set(to: Double(records.count))
+
+        let scanner = self.scanner
+        let budget = self.budget
+        let limit = max(1, config.concurrentScans)
+        await withTaskGroup(of: Void.self) { group in
+            var next = due.makeIterator()
+            var running = 0
+            while let (domid, uuid, estimate) = next.next() {
+                if Task.isCancelled { break }
+                if running == limit {
+                    await group.next()
+                    running -= 1
+                }
+                running += 1
+                group.addTask {
+                    let waited = await budget.reserve(frames: Double(estimate))
+                    if waited > 0 { await self.noteThrottled(waited) }
+                    guard !Task.isCancelled, let r = await runBlocking({ scanner.scan(domid) }) else { return }
+                    await budget.settle(estimated: Double(estimate), actual: Double(r.stats.framesMapped))
+                    let vanished = r.severity == .error ? !(await self.exists(domid)) : false
+                    await self.record(r, uuid: uuid, vanished: vanished)
+                }
+            }
+            await group.waitForAll()
+        }
+        polls += 1
+        lastPollAt = Date()
+        let d = clock.now - start
+        lastPollDuration = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        metrics.pollCycle.recordNanoseconds(Int64(lastPollDuration! * 1e9))
+        if polls == 1 {
+            metrics.up.set(to: 1)
+            for c in readyContinuations { c.resume() }
+            readyContinuations = []
+        }
+    }
+
+    /// Returns once the first poll has completed.
+    func waitUntilReady() async {
+        if polls > 0 { return }
+        await withCheckedContinuation { readyContinuations.append($0) }
+    }
+
+    private func noteThrottled(_ seconds: Double) {
+        metrics.throttledScans.increment()
+        metrics.throttledSeconds.increment(by: seconds)
+    }
+
+    nonisolated func exists(_ domid: DomID) async -> Bool {
+        let host = self.host
+        return await runBlocking { () -> Bool in
+            do throws(HostError) {
+                _ = try host.domainInfo(domid)
+                return true
+            } catch {
+                return !error.isDomainGone
+            }
+        } ?? true
+    }
+
+    private func gone(_ domid: DomID, _ rec: Record, why: String) {
+        records[domid] = nil
+        metrics.remove(domid)
+        metrics.domains.set(to: Double(records.count))
+        hub.publish(kind: .domainGone, domid: domid, name: rec.latest?.name, uuid: rec.info.uuidString,
+                    severity: rec.latest?.severity, previous: rec.latest?.severity.rawValue,
+                    message: "domain \(domid)\(rec.latest?.name.map { " (\($0))" } ?? "") \(why)")
+        metrics.incidents.set(to: Double(hub.incidentCount))
+    }
+
+    /// Stores a finished scan and publishes what changed since the previous one.
+    func record(_ r: P2MReport, uuid: String, vanished: Bool) {
+        guard var rec = records[r.domid], rec.info.uuidString == uuid else { return }
+        if vanished {
+            gone(r.domid, rec, why: "vanished during a scan")
+            return
+        }
+        busySince = busySince.map { _ in .now }
+        metrics.scans.increment()
+        if r.severity == .error { metrics.scanErrors.increment() }
+        let label = r.name.map { "\(r.domid) (\($0))" } ?? "\(r.domid)"
+        if let prev = rec.latest {
+            if prev.severity != r.severity {
+                hub.publish(kind: .severityChanged, domid: r.domid, name: r.name, uuid: r.uuid, severity: r.severity,
+                            previous: prev.severity.rawValue, current: r.severity.rawValue,
+                            message: "domain \(label): \(prev.severity.rawValue) -> \(r.severity.rawValue)" + Self.why(r))
+            }
+            if prev.primaryFormat != r.primaryFormat {
+                hub.publish(kind: .formatChanged, domid: r.domid, name: r.name, uuid: r.uuid, severity: r.severity,
+                            previous: prev.primaryFormat?.rawValue ?? "none", current: r.primaryFormat?.rawValue ?? "none",
+                            message: "domain \(label): P2M format \(prev.primaryFormat?.rawValue ?? "none") -> \(r.primaryFormat?.rawValue ?? "none")")
+            }
+            let wasUnstable = prev.count(.p2mUnstable) > 0
+            let isUnstable = r.count(.p2mUnstable) > 0
+            if wasUnstable != isUnstable {
+                hub.publish(kind: isUnstable ? .becameUnstable : .becameStable, domid: r.domid, name: r.name, uuid: r.uuid,
+                            severity: r.severity, message: isUnstable
+                                ? "domain \(label): P2M kept changing during every retry of the walk"
+                                : "domain \(label): P2M stable again")
+            }
+            if prev.populated != r.populated {
+                hub.publish(kind: .memoryChanged, domid: r.domid, name: r.name, uuid: r.uuid, severity: r.severity,
+                            previous: "\(prev.populated)", current: "\(r.populated)",
+                            message: "domain \(label): populated pages \(prev.populated) -> \(r.populated)")
+            }
+        } else if !rec.announced {
+            rec.announced = true
+            hub.publish(kind: .domainNew, domid: r.domid, name: r.name, uuid: r.uuid, severity: r.severity,
+                        current: r.severity.rawValue,
+                        message: "domain \(label) found: \(r.severity.rawValue)" + Self.why(r))
+        }
+        rec.latest = r
+        rec.lastFrames = r.stats.framesMapped
+        rec.history.append(r)
+        if rec.history.count > config.historyLength { rec.history.removeFirst(rec.history.count - config.historyLength) }
+        records[r.domid] = rec
+        metrics.update(r)
+        metrics.incidents.set(to: Double(hub.incidentCount))
+    }
+
+    static func why(_ r: P2MReport) -> String {
+        if let e = r.error { return " (\(e))" }
+        let kinds = r.findings.map(\.kind.rawValue)
+        return kinds.isEmpty ? "" : " (\(kinds.joined(separator: ", ")))"
+    }
+
+    // MARK: - Queries
+
+    func summaries() -> [DomainSummary] {
+        records.keys.sorted().compactMap { d in
+            let rec = records[d]!
+            let state: DomainState = rec.info.dying ? .dying : rec.info.shutdown ? .shutdown : rec.info.paused ? .paused : .running
+            guard let r = rec.latest else { return nil }
+            return DomainSummary(report: r, state: state, skipped: rec.stopping)
+        }
+    }
+
+    func report(_ domid: DomID) throws(MonitorError) -> P2MReport {
+        guard let r = records[domid]?.latest else { throw .notFound(domid) }
+        return r
+    }
+
+    func history(_ domid: DomID) throws(MonitorError) -> [P2MReport] {
+        guard let rec = records[domid] else { throw .notFound(domid) }
+        return rec.history
+    }
+
+    /// Scans now and answers with the report, or times out (the scan still completes and
+    /// is recorded). Concurrent requests for one domain share one scan.
+    func scanNow(_ domid: DomID, timeout: Double) async throws(MonitorError) -> P2MReport {
+        let info: DomainInfo
+        if let rec = records[domid] {
+            info = rec.info
+        } else {
+            let host = self.host
+            let found = await runBlocking { () -> DomainInfo? in
+                do throws(HostError) { return try host.domainInfo(domid) } catch { return nil }
+            }
+            guard let f = found ?? nil else { throw .notFound(domid) }
+            info = f
+            records[domid] = Record(info: f)
+        }
+        let task: Task<P2MReport?, Never>
+        if let t = manualScans[domid] {
+            task = t
+        } else {
+            let scanner = self.scanner
+            let uuid = info.uuidString
+            task = Task {
+                guard let r = await runBlocking({ scanner.scan(domid) }) else { return nil }
+                let vanished = r.severity == .error ? !(await self.exists(domid)) : false
+                self.record(r, uuid: uuid, vanished: vanished)
+                self.manualDone(domid)
+                return vanished ? nil : r
+            }
+            manualScans[domid] = task
+        }
+        let result = await withTaskGroup(of: P2MReport??.self) { group -> P2MReport?? in
+            group.addTask { await task.value }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(timeout))
+                return .some(nil)
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        switch result {
+        case .some(.some(let r)): return r
+        case .some(.none): throw .timeout(domid, timeout)
+        case .none: throw .notFound(domid)
+        }
+    }
+
+    private func manualDone(_ domid: DomID) { manualScans[domid] = nil }
+
+    func health() -> HealthStatus {
+        let up = ContinuousClock.now - startedAt
+        let reports = records.values.compactMap(\.latest)
+        return HealthStatus(
+            status: polls > 0 ? "ok" : "starting", pid: getpid(), backend: host.backendName,
+            uptimeSeconds: Double(up.components.seconds) + Double(up.components.attoseconds) / 1e18,
+            polls: polls, lastPollAt: lastPollAt, lastPollDurationMs: lastPollDuration.map { $0 * 1000 },
+            domains: records.count, worstSeverity: reports.map(\.severity).max(), incidents: hub.incidentCount,
+            lastEventSeq: hub.lastSeq, configFile: configFile, configGeneration: configGeneration,
+            pollIntervalSeconds: config.pollIntervalSeconds, concurrentScans: config.concurrentScans,
+            scanBudgetFramesPerSecond: config.scanBudgetFramesPerSecond, configError: configError)
+    }
+
+    /// One line for systemd's STATUS=.
+    func statusLine() -> String {
+        let reports = records.values.compactMap(\.latest)
+        let worst = reports.max { $0.severity < $1.severity }
+        var s = "\(records.count) domains"
+        if let w = worst {
+            s += ", worst \(w.severity.rawValue)"
+            if w.severity > .ok { s += " (domain \(w.domid)\(w.name.map { " \($0)" } ?? ""))" }
+        }
+        s += ", \(polls) polls"
+        if let d = lastPollDuration { s += ", last took \(String(format: "%.2f", d))s" }
+        return s
+    }
+}
+
+/// Runs blocking host work on a global queue so it never holds a cooperative thread.
+/// Returns nil if the calling task is cancelled first (the work itself finishes in the
+/// background; host calls cannot be interrupted), so shutdown is never held up by a scan.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
+    let once = ResumeOnce<T>()
+    return await withTaskCancellationHandler {
+        await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
+            once.set(c)
+            DispatchQueue.global(qos: .utility).async { once.resume(body()) }
+        }
+    } onCancel: {
+        once.resume(nil)
+    }
+}
+
+private final class ResumeOnce<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var continuation: CheckedContinuation<T?, Never>?
+    private var early: T??
+
+    func set(_ c: CheckedContinuation<T?, Never>) {
+        lock.lock()
+        if let e = early {
+            lock.unlock()
+            c.resume(returning: e)
+            return
+        }
+        continuation = c
+        lock.unlock()
+    }
+
+    func resume(_ value: T?) {
+        lock.lock()
+        if let c = continuation {
+            continuation = nil
+            early = .some(nil) // later resumes are ignored
+            lock.unlock()
+            c.resume(returning: value)
+            return
+        }
+        if early == nil { early = .some(value) }
+        lock.unlock()
+    }
+}
+
+/// A token bucket over mapped frames: scans reserve their estimated frames up front (so
+/// concurrent scans share the rate fairly) and settle the difference afterwards. One
+/// second of budget may be spent in a burst.
+actor ScanBudget {
+    private var rate: Double
+    private var tokens: Double
+    private var last = ContinuousClock.now
+
+    init(framesPerSecond: Double) {
+        rate = framesPerSecond
+        tokens = framesPerSecond
+    }
+
+    func setRate(_ r: Double) {
+        refill()
+        rate = r
+        tokens = min(tokens, r)
+    }
+
+    private func refill() {
+        let now = ContinuousClock.now
+        let d = now - last
+        last = now
+        guard rate > 0 else { return }
+        tokens = min(rate, tokens + rate * (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18))
+    }
+
+    /// Takes `frames` from the bucket and sleeps off any deficit. Returns seconds waited.
+    func reserve(frames: Double) async -> Double {
+        guard rate > 0 else { return 0 }
+        refill()
+        let want = min(frames, rate)
+        tokens -= want
+        guard tokens < 0 else { return 0 }
+        let wait = -tokens / rate
+        try? await Task.sleep(for: .seconds(wait))
+        return wait
+    }
+
+    func settle(estimated: Double, actual: Double) {
+        guard rate > 0 else { return }
+        refill()
+        tokens -= max(0, actual - min(estimated, rate)) - max(0, min(estimated, rate) - actual)
+        tokens = min(tokens, rate)
+    }
+}
