@@ -24,7 +24,24 @@ struct XenP2MBench: ParsableCommand {
     @Option(help: "Frames per map call.")
     var batchFrames = 256
 
+    @Flag(help: "Item 4 only: the real xenp2md on a large simulated fleet.")
+    var fleet = false
+
+    @Option(help: "xenp2md binary for --fleet (default: next to this binary).")
+    var daemon: String?
+
+    @Option(help: "Guests in the --fleet run.")
+    var fleetGuests = 200
+
+    @Option(help: "GiB populated over all --fleet guests.")
+    var fleetGib: UInt64 = 2048
+
     mutating func run() throws {
+        if fleet {
+            let exe = daemon ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("xenp2md").path
+            try FleetBench(daemon: exe, guests: fleetGuests, totalGiB: fleetGib, clients: 50, cycles: 3).run()
+            return
+        }
         if !quick && !full { quick = true }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB; batch_frames=\(batchFrames)")
         var sizes: [(String, UInt64, PublishedFormats)] = [("4 GiB", 4, .both), ("64 GiB", 64, .both)]

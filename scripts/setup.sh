@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build and test xenp2m: libxenctrl and
+# friends (libxen-dev), pkg-config, systemd's tools and setpriv for the end-to-end tests.
+# Swift itself is expected on PATH (or in /opt/swift/usr/bin).
+set -euo pipefail
+if [ -d /opt/swift/usr/bin ] && ! command -v swift >/dev/null 2>&1; then
+  export PATH=/opt/swift/usr/bin:$PATH
+fi
+command -v swift >/dev/null 2>&1 || { echo "setup: swift is not on PATH (Swift 6 toolchain required)" >&2; exit 1; }
+need=()
+[ -e /usr/include/xenctrl.h ] || need+=(libxen-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# The end-to-end tests verify the units and exercise socket activation and an
+# unprivileged peer.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+pkg-config --exists xencontrol xenforeignmemory xenguest xenstore || {
+  echo "setup: libxen-dev is installed but pkg-config cannot find xencontrol/xenforeignmemory/xenguest/xenstore" >&2
+  exit 1
+}
