@@ -52,7 +52,13 @@ struct API: Sendable {
         case ["v1", "health"]:
             return await only(.GET) { .json(await monitor.health()) }
         case ["v1", "domains"]:
-            return await only(.GET) { .json(await monitor.summaries()) }
+            return await only(.GET) {
+                do {
+                    return .full(.ok, "application/json", ByteBuffer(bytes: try await monitor.summariesJSON()), [])
+                } catch {
+                    return .error(.internalServerError, "internal", "cannot encode the answer: \(error)")
+                }
+            }
         case ["metrics"]:
             return await only(.GET) {
                 .full(.ok, "text/plain; version=0.0.4; charset=utf-8", ByteBuffer(string: metrics.text()), [])

@@ -26,6 +26,8 @@ public struct DaemonConfig: Sendable, Equatable {
     public var historyLength: Int = 10
     public var probeDataFrames: Bool = false
     public var sampleLimit: Int = 16
+    /// Frames per foreign-map call for P2M leaves.
+    public var batchFrames: Int = 256
 
     public var socketPath: String = defaultSocketPath
     public var socketMode: UInt32 = 0o660
@@ -70,7 +72,7 @@ public struct DaemonConfig: Sendable, Equatable {
 
         if let p = try y.map("poll") {
             try p.allowOnly(["interval_seconds", "jitter_seconds", "concurrent_scans", "budget_frames_per_second",
-                             "scan_timeout_seconds", "history", "probe_data_frames", "sample_limit"])
+                             "scan_timeout_seconds", "history", "probe_data_frames", "sample_limit", "batch_frames"])
             if let v = try p.double("interval_seconds") {
                 guard v >= 0.1 && v <= 86400 else { throw p.error("interval_seconds", "must be between 0.1 and 86400") }
                 c.pollIntervalSeconds = v
@@ -97,6 +99,10 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             if let v = try p.bool("probe_data_frames") { c.probeDataFrames = v }
             if let v = try p.uint("sample_limit", max: 10000) { c.sampleLimit = Int(v) }
+            if let v = try p.uint("batch_frames", max: 65536) {
+                guard v >= 1 else { throw p.error("batch_frames", "must be at least 1") }
+                c.batchFrames = Int(v)
+            }
         }
         if let s = try y.map("socket") {
             try s.allowOnly(["path", "mode", "group"])

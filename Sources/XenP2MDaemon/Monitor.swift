@@ -35,7 +35,13 @@ public actor Monitor {
     private(set) var config: DaemonConfig
     private var scanner: P2MScanner
     private let budget: ScanBudget
-    private var records: [DomID: Record] = [:]
+    private var records: [DomID: Record] = [:] {
+        didSet { summariesBody = nil }
+    }
+    /// GET /v1/domains as encoded JSON, kept until a record changes: monitoring
+    /// clients poll it far more often than scans change it, and encoding hundreds of
+    /// summaries per request is what bounded throughput under load.
+    private var summariesBody: Data?
     private var manualScans: [DomID: Task<P2MReport?, Never>] = [:]
     private let startedAt = ContinuousClock.now
     private(set) var polls: UInt64 = 0
@@ -66,6 +72,7 @@ public actor Monitor {
         var o = ScanOptions()
         o.probeDataFrames = c.probeDataFrames
         o.sampleLimit = c.sampleLimit
+        o.batchFrames = c.batchFrames
         return o
     }
 
@@ -269,6 +276,14 @@ public actor Monitor {
     }
 
     // MARK: - Queries
+
+    func summariesJSON() throws -> Data {
+        if let b = summariesBody { return b }
+        var data = try APIJSON.encoder(pretty: true).encode(summaries())
+        data.append(10)
+        summariesBody = data
+        return data
+    }
 
     func summaries() -> [DomainSummary] {
         records.keys.sorted().compactMap { d in
