@@ -146,6 +146,15 @@ let package = Package(
         // End-to-end: drives the built xenp2md and xenp2mctl binaries (found next to the
         // test bundle); the libraries are linked for decoding output and config checks.
         .testTarget(
+            name: "XenP2MDaemonUnitTests",
+            dependencies: [
+                "XenP2MDaemon", "P2MSimulator", "P2MEngine", "XenP2MAPI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "Tests/XenP2MDaemonUnitTests"
+        ),
+        .testTarget(
             name: "XenP2MDaemonTests",
             dependencies: ["P2MEngine", "XenP2MAPI", "XenP2MDaemon"],
             path: "Tests/XenP2MDaemonTests"
