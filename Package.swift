@@ -120,7 +120,7 @@ let package = Package(
         // P2MFuzz with -sanitize=fuzzer (otherwise it is a replayer for saved inputs).
         .target(
             name: "P2MFuzzSupport",
-            dependencies: ["P2MEngine", "P2MSimulator"],
+            dependencies: ["P2MEngine", "P2MSimulator", "P2MDumpCore"],
             path: "Sources/P2MFuzzSupport"
         ),
         .executableTarget(

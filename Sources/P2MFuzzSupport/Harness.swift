@@ -1,4 +1,5 @@
 import Foundation
+import P2MDumpCore
 import P2MEngine
 import P2MSimulator
 
@@ -19,12 +20,36 @@ public enum FuzzHarness {
 
     public static func execute(_ bytes: [UInt8]) -> Outcome {
         var out = Outcome()
-        if bytes.first.map({ $0 & 1 == 1 }) ?? false {
+        if bytes.starts(with: [0x7f, 0x45, 0x4c, 0x46]) {
+            runCore(bytes, &out)
+        } else if bytes.first.map({ $0 & 1 == 1 }) ?? false {
             runSim(bytes, &out)
         } else {
             runRaw(bytes, &out)
         }
         return out
+    }
+
+    // MARK: Dump-core mode
+
+    /// Inputs that start with the ELF magic are dump-core files: the reader must turn
+    /// every malformed one into a `CoreDumpError` with a message, never a trap, and a
+    /// file it accepts goes through the engine like a live guest.
+    static func runCore(_ bytes: [UInt8], _ out: inout Outcome) {
+        let path = NSTemporaryDirectory() + "p2mfuzz-\(getpid()).core"
+        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else {
+            out.violations.append("cannot write the scratch core file \(path)")
+            return
+        }
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let r = try checkCore(path: path)
+            out.reports.append(r)
+            if r.backend != "core" { out.violations.append("core report from backend \(r.backend)") }
+            if r.severity == .error && (r.error ?? "").isEmpty { out.violations.append("core scan error without a message") }
+        } catch {
+            if "\(error)".isEmpty { out.violations.append("CoreDumpError without a message") }
+        }
     }
 
     // MARK: Raw mode

@@ -117,7 +117,20 @@ public struct RawSeed {
 /// The seed corpus: the simulator's layouts (demo fleet and test shapes, scaled down),
 /// each clean and with faults, plus hand-built raw guests that are valid in one format.
 public enum FuzzSeeds {
-    public static var all: [(name: String, bytes: [UInt8])] { simSeeds + rawSeeds }
+    public static var all: [(name: String, bytes: [UInt8])] { simSeeds + rawSeeds + coreSeeds }
+
+    /// The dump-core mode's starting point: an ELF64 ET_CORE x86-64 header with an empty
+    /// section table (the reader refuses it; mutations grow sections from there).
+    static var coreSeeds: [(name: String, bytes: [UInt8])] {
+        var b: [UInt8] = [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
+        func le<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { b += $0 } }
+        le(UInt16(4)); le(UInt16(62)); le(UInt32(1))          // e_type ET_CORE, e_machine x86-64, e_version
+        le(UInt64(0)); le(UInt64(0)); le(UInt64(64))          // e_entry, e_phoff, e_shoff
+        le(UInt32(0)); le(UInt16(64)); le(UInt16(0)); le(UInt16(0)) // e_flags, e_ehsize, e_phentsize, e_phnum
+        le(UInt16(64)); le(UInt16(1)); le(UInt16(0))          // e_shentsize, e_shnum, e_shstrndx
+        b += [UInt8](repeating: 0, count: 64)                 // section header 0 (SHN_UNDEF)
+        return [("core-empty-sections", b)]
+    }
 
     /// Sim-mode bytes: flags, populated, extra, second range, identity, vaddr, slack, options, action.
     static func sim(width32: Bool = false, formats: UInt8 = 0, levels5: Bool = false, populated: UInt16, extra: UInt16,
