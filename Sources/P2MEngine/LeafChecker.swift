@@ -90,21 +90,23 @@ struct LeafChecker {
                 findings.add(.mfnOutOfRange, FindingSample(pfn: pfn, mfn: e, expected: maxMFN))
                 continue
             }
-            // A frame claimed twice cannot round-trip for both pfns; report the
-            // duplicate alone rather than also counting its M2P consequence.
+            // A frame named twice cannot round-trip for both pfns. The M2P says which pfn
+            // owns it: the other one is blamed (m2p_mismatch, with the duplicate noted on
+            // it when it comes second), whatever the order of the two in the P2M.
             let word = Int(e >> 6)
             let bit = UInt64(1) << (e & 63)
-            if bitmap[word] & bit != 0 {
-                faulty &+= 1
-                findings.add(.duplicateMfn, FindingSample(pfn: pfn, mfn: e))
-                continue
-            }
+            let claimed = bitmap[word] & bit != 0
             bitmap[word] |= bit
             let back = m2pBase.unsafelyUnwrapped[Int(e)]
             if back != pfn {
                 faulty &+= 1
                 findings.add(.m2pMismatch, FindingSample(pfn: pfn, mfn: e, expected: pfn, found: back))
+                if claimed { findings.add(.duplicateMfn, FindingSample(pfn: pfn, mfn: e, found: back, note: "frame also named by a lower pfn")) }
                 continue
+            }
+            if claimed {
+                // This pfn owns the frame; a lower pfn that failed its M2P check named it too.
+                findings.add(.duplicateMfn, FindingSample(mfn: e, found: pfn, note: "owned by pfn \(pfn) per the M2P; a lower pfn (see m2p_mismatch) names it too"))
             }
             valid &+= 1
             if probe { pendingProbe.append((pfn, e)) }

@@ -51,7 +51,7 @@ public enum FindingKind: String, Codable, Sendable, CaseIterable {
 
     public var severity: Severity {
         switch self {
-        case .p2mNotPublished, .p2mUnstable, .populatedMismatch, .maxPfnNrGpfnsMismatch, .largePageMapping:
+        case .p2mNotPublished, .p2mUnstable, .populatedMismatch, .maxPfnNrGpfnsMismatch, .largePageMapping, .treeCapacityExceeded:
             return .warning
         default:
             return .critical
@@ -73,7 +73,7 @@ public enum FindingKind: String, Codable, Sendable, CaseIterable {
         case .pteNotPresent: return "page-table entry inside the linear list's range is not present"
         case .largePageMapping: return "linear list mapped with 2 MiB/1 GiB pages: Xen's save/migrate tools only follow 4 KiB pages"
         case .listVaddrInvalid: return "p2m_vaddr range is non-canonical, misaligned, wraps, or touches Xen's hole"
-        case .treeCapacityExceeded: return "max_pfn beyond what the 3-level tree can describe, but the guest published a tree"
+        case .treeCapacityExceeded: return "max_pfn beyond what the 3-level tree can describe, yet the guest published a tree: only the linear list covers the whole P2M"
         case .maxPfnImplausible: return "published max_pfn far beyond what the domain could own; walk clamped"
         case .p2mNotPublished: return "guest has published neither a tree nor a linear list (early boot, or broken)"
         case .p2mUnstable: return "p2m_generation odd or moving across every retry: the guest was changing its P2M mapping"

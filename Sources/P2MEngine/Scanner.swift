@@ -23,6 +23,9 @@ public final class P2MScanner: @unchecked Sendable {
     public let host: any P2MHost
     public let options: ScanOptions
 
+    /// 2^30 pfns = 4 TiB of pseudo-physical space.
+    public static let pfnSpaceAlwaysAllowed: UInt64 = 1 << 30
+
     public init(host: any P2MHost, options: ScanOptions = ScanOptions()) {
         self.host = host
         self.options = options
@@ -145,8 +148,12 @@ public final class P2MScanner: @unchecked Sendable {
         if !critical.isEmpty {
             return MigrationReadiness(verdict: .broken, reason: "P2M inconsistent (\(critical.joined(separator: ", "))): save, migration and dumps will fail or copy wrong frames")
         }
-        if a.tree?.walked == true {
+        let treeTooSmall = r.count(.treeCapacityExceeded) > 0
+        if a.tree?.walked == true && !treeTooSmall {
             return MigrationReadiness(verdict: .legacyOk, reason: "3-level tree published and consistent: any toolstack, including pre-migration-v2, can save or migrate this guest")
+        }
+        if treeTooSmall && a.list?.walked == true {
+            return MigrationReadiness(verdict: .needsMigrationV2, reason: "P2M larger than the 3-level tree can describe (512 GiB for 64-bit guests): legacy tools fail with \"max_pfn too large for p2m tree\"; migration-v2 tools (Xen >= 4.6) read the linear list")
         }
         if a.fllIsInvalid && a.list?.walked == true {
             return MigrationReadiness(verdict: .needsMigrationV2, reason: "linear list only (fll=~0): needs migration-v2 tools (Xen >= 4.6); legacy tools fail with \"Couldn't map p2m_frame_list_list\"")
@@ -185,12 +192,17 @@ public final class P2MScanner: @unchecked Sendable {
                         session: HostSession(host: host, domid: info.domid, batchFrames: options.batchFrames))
         let fpp = UInt64(width.fpp)
 
-        // Bound the guest's max_pfn by hypervisor numbers before it sizes anything.
-        let plausible = max(info.maxPages, info.totPages, maxMFN &+ 1).multipliedReportingOverflow(by: 2).partialValue &+ (1 << 20)
+        // Bound the guest's max_pfn before it sizes anything. Xen's max_pages is not the
+        // guest's maxmem (a ballooning guest's max_pages is its memory plus slack while
+        // its P2M is sized for maxmem), so a fixed 4 TiB of pfns is always allowed: that
+        // caps the leaf list at 16 MiB and the walk at what the structure holds.
+        let byDomain = max(info.maxPages, info.totPages, maxMFN &+ 1).multipliedReportingOverflow(by: 2).partialValue &+ (1 << 20)
+        let plausible = max(byDomain, Self.pfnSpaceAlwaysAllowed)
         var maxPfn = si.maxPfn
         if maxPfn > plausible {
-            a.findings.add(.maxPfnImplausible, FindingSample(expected: plausible, found: maxPfn, note: "walk clamped to \(plausible) pfns"))
-            maxPfn = plausible
+            // Hostile or corrupt: walk only what the domain could own.
+            a.findings.add(.maxPfnImplausible, FindingSample(expected: plausible, found: maxPfn, note: "walk clamped to \(byDomain) pfns"))
+            maxPfn = byDomain
         }
         if let n = nrGpfns, si.maxPfn != 0, n != si.maxPfn {
             a.findings.add(.maxPfnNrGpfnsMismatch, FindingSample(expected: n, found: si.maxPfn))

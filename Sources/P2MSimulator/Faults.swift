@@ -46,7 +46,15 @@ public enum SimFault: Sendable, Equatable {
     /// Every map call for the domain fails with EFAULT.
     case allMapsFail
 
-    /// The finding this fault should produce on its own (nil: the scan errors out).
+    /// Every finding kind this fault produces on its own: a duplicate frame is also an
+    /// M2P mismatch for the pfn that does not own it.
+    public var expectedFindings: Set<FindingKind> {
+        guard let k = expectedFinding else { return [] }
+        if case .duplicateMfn = self { return [k, .m2pMismatch] }
+        return [k]
+    }
+
+    /// The finding this fault is about (nil: the scan errors out).
     public var expectedFinding: FindingKind? {
         switch self {
         case .m2pMismatch: return .m2pMismatch

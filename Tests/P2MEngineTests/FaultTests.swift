@@ -52,7 +52,7 @@ struct FaultTests {
         try h.inject(fault, into: 7)
         let r = scan(h, 7) { $0.probeDataFrames = probe }
         let expected = try #require(fault.expectedFinding)
-        #expect(kinds(r) == [expected], "\(fault): \(r.findings.map { "\($0.kind.rawValue)=\($0.count) \($0.samples.first.map { "\($0)" } ?? "")" })")
+        #expect(kinds(r) == fault.expectedFindings, "\(fault): \(r.findings.map { "\($0.kind.rawValue)=\($0.count) \($0.samples.first.map { "\($0)" } ?? "")" })")
         #expect(r.severity == expected.severity)
         #expect(r.finding(expected)?.samples.isEmpty == false)
         if expected.severity == .critical { #expect(r.migration.verdict == .broken) }
@@ -63,15 +63,34 @@ struct FaultTests {
         try h.inject(.m2pMismatch(pfn: 1234), into: 7)
         try h.inject(.duplicateMfn(pfn: 5001, sameAs: 5000), into: 7)
         let r = scan(h, 7)
-        #expect(r.finding(.m2pMismatch)?.count == 1)
-        #expect(r.finding(.m2pMismatch)?.samples.first?.pfn == 1234)
+        #expect(r.finding(.m2pMismatch)?.samples.map(\.pfn) == [1234, 5001])
         #expect(r.finding(.m2pMismatch)?.samples.first?.expected == 1234)
         #expect(r.finding(.duplicateMfn)?.samples.first?.pfn == 5001)
+        #expect(r.finding(.m2pMismatch)?.count == 2)
         #expect(r.entries.faulty == 2)
         // The map shows where: the cell holding pfn 1234 is marked faulty.
         let map = try #require(r.pfnMap)
         #expect(map.masks[Int(1234 / map.pfnsPerCell)] & PfnMap.Bit.faulty != 0)
         #expect(map.masks.enumerated().filter { $0.element & PfnMap.Bit.faulty != 0 }.count <= 2)
+    }
+
+    /// Whichever of the two comes first in the P2M, the pfn that does not own the frame
+    /// per the M2P is the one flagged, and the owner stays valid.
+    @Test(arguments: [(UInt64(5001), UInt64(5000)), (5000, 5001)])
+    func duplicateBlamesTheImpostor(impostor: UInt64, owner: UInt64) throws {
+        let h = try Self.guest()
+        h.lock.lock()
+        let d = h.domains[7]!
+        let frame = h.entry(d, owner)
+        let own = h.entry(d, impostor)
+        h.store(d.leafFrames[Int(impostor / 512)], Int(impostor % 512), frame, bytes: 8)
+        h.freeFrame(own)
+        h.lock.unlock()
+        let r = scan(h, 7)
+        #expect(kinds(r) == [.m2pMismatch, .duplicateMfn])
+        #expect(r.finding(.m2pMismatch)?.samples.map(\.pfn) == [impostor])
+        #expect(r.count(.duplicateMfn) == 1)
+        #expect(r.entries.faulty == 1)
     }
 
     @Test func frameUnmappableNeedsProbe() throws {

@@ -83,6 +83,22 @@ struct HostileTests {
         let r = scan(h, 4)
         #expect(kinds(r) == [.treeCapacityExceeded])
         #expect(r.tree?.capacityPfns == 1 << 27)
+        #expect(r.severity == .warning)
+        #expect(r.migration.verdict == .needsMigrationV2)
+    }
+
+    /// What Linux did on real Xen (memory 47 GiB, maxmem 600 GiB, xen_512gb_limit=0): Xen's
+    /// max_pages is the memory plus slack while the P2M is sized for maxmem. That is a
+    /// large guest, not an implausible max_pfn.
+    @Test func bigBalloonRoomIsNotImplausible() throws {
+        let h = host(2)
+        var spec = GuestSpec(domid: 4, name: "roomy", maxPfn: 135_528_448, populated: [0..<65536], formats: .both)
+        spec.maxPages = 70_000
+        try h.createGuest(spec)
+        let r = scan(h, 4)
+        #expect(kinds(r) == [.treeCapacityExceeded])
+        #expect(r.maxPfn?.effective ?? 0 > 0)
+        #expect(r.migration.verdict == .needsMigrationV2)
     }
 
     @Test func everyFrameRefusesToMap() throws {

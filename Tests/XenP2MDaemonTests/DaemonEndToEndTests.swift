@@ -98,7 +98,7 @@ final class DaemonEndToEndTests: XCTestCase {
         let status = try ctl(d, "status", "6")
         XCTAssertEqual(status.status, 0)
         XCTAssertTrue(status.stdout.contains("severity      CRITICAL"), status.stdout)
-        XCTAssertTrue(status.stdout.contains("m2p_mismatch x1"), status.stdout)
+        XCTAssertTrue(status.stdout.contains("m2p_mismatch x2"), status.stdout)
 
         let map = try ctl(d, "map", "6")
         XCTAssertEqual(map.status, 0, map.stderr)
@@ -246,7 +246,7 @@ final class DaemonEndToEndTests: XCTestCase {
             XCTAssertTrue(text.contains("# TYPE \(name) "), "no TYPE for \(name)")
         }
         XCTAssertTrue(text.contains("# HELP xenp2m_domain_severity_level "))
-        XCTAssertTrue(text.contains("xenp2m_domain_findings{domid=\"6\",name=\"broken\",kind=\"m2p_mismatch\"} 1"), text)
+        XCTAssertTrue(text.contains("xenp2m_domain_findings{domid=\"6\",name=\"broken\",kind=\"m2p_mismatch\"} 2"), text)
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             XCTAssertTrue(line.hasPrefix("xenp2m_"), String(line))
         }
