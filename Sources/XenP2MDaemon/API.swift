@@ -80,7 +80,8 @@ struct API: Sendable {
                 return .stream(backlog: sub.backlog, live: sub.live)
             }
         case let p where p.count >= 3 && p[0] == "v1" && p[1] == "domains":
-            guard let domid = DomID(p[2]), p[2].allSatisfy(\.isASCII) else {
+            // Decimal digits only: UInt32("+1") would parse, and "+1" is not a domid.
+            guard p[2].allSatisfy({ $0 >= "0" && $0 <= "9" }), let domid = DomID(p[2]) else {
                 return .error(.badRequest, "bad_request", "'\(p[2])' is not a domain id (a decimal number 0..\(DomID.max))")
             }
             if p.count == 3 {

@@ -99,10 +99,13 @@ public actor Monitor {
         busySince = start
         defer { busySince = nil }
         if let tick {
-            do {
-                _ = try tick()
-            } catch {
-                logger.warning("simulated fleet could not balloon", metadata: ["error": "\(error)"])
+            // Ballooning a simulated guest takes real time; off the actor, so API calls
+            // are not held up behind it.
+            let failure = await runBlocking { () -> String? in
+                do { _ = try tick(); return nil } catch { return "\(error)" }
+            }
+            if let f = failure, let f {
+                logger.warning("simulated fleet could not balloon", metadata: ["error": "\(f)"])
             }
         }
         let host = self.host
