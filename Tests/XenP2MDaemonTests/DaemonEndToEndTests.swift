@@ -377,6 +377,31 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertEqual(st.st_mode & 0o777, 0o660)
     }
 
+    /// The optional TCP listener serves /metrics on loopback and nothing else.
+    func testMetricsTCPListener() throws {
+        let dir = try makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // An ephemeral port the kernel just handed out, so parallel runs do not collide.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &len) } }
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        close(probe)
+        let cfg = dir + "/c.yaml"
+        try "metrics:\n  port: \(port)\n  address: 127.0.0.1\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        let d = try DaemonUnderTest(dir: dir, extraArgs: ["--config", cfg])
+        try d.waitReady()
+        let metrics = try runTool("/usr/bin/curl", ["-s", "-o", "-", "-w", "\n%{http_code}", "http://127.0.0.1:\(port)/metrics"])
+        XCTAssertTrue(metrics.stdout.hasSuffix("\n200"), metrics.stdout)
+        XCTAssertTrue(metrics.stdout.contains("# TYPE xenp2m_domain_severity_level gauge"), metrics.stdout)
+        let other = try runTool("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/v1/domains"])
+        XCTAssertEqual(other.stdout, "404", d.log)
+    }
+
     // MARK: - Signals and restarts
 
     func testSighupReloadsGoodConfigAndKeepsOldOnBrokenOne() throws {
