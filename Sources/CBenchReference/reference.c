@@ -4,6 +4,7 @@
 #define REF_BODY(ENTRY_T, ALL_ONES, FOREIGN, IDENTITY)                                  \
     uint64_t limit = max_mfn < m2p_len - 1 ? max_mfn : m2p_len - 1;                      \
     xp2m_ref_counts c = {0, 0, 0, 0, 0};                                                 \
+    uint64_t dups = 0;                                                                   \
     for (uint64_t pfn = 0; pfn < n; pfn++) {                                             \
         uint64_t e = (uint64_t)entries[pfn];                                             \
         if (e == (ALL_ONES)) { c.invalid++; continue; }                                  \
@@ -14,11 +15,13 @@
         }                                                                                \
         if (m2p_len == 0 || e > limit) { c.faulty++; continue; }                         \
         uint64_t bit = 1ull << (e & 63);                                                 \
-        if (bitmap[e >> 6] & bit) { c.faulty++; continue; }                              \
+        int claimed = (bitmap[e >> 6] & bit) != 0;                                       \
         bitmap[e >> 6] |= bit;                                                           \
-        if (m2p[e] != pfn) { c.faulty++; continue; }                                     \
+        if (m2p[e] != pfn) { c.faulty++; dups += claimed; continue; }                    \
+        dups += claimed;                                                                 \
         c.valid++;                                                                       \
     }                                                                                    \
+    c.duplicates = dups;                                                                 \
     *out = c;
 
 void xp2m_ref_check64(const uint64_t *entries, uint64_t n, const uint64_t *m2p, uint64_t m2p_len,

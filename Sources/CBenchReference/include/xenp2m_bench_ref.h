@@ -9,6 +9,8 @@
 
 typedef struct {
     uint64_t valid, invalid, identity, foreign, faulty;
+    /* Second claims of a frame (the engine reports them as duplicate_mfn). */
+    uint64_t duplicates;
 } xp2m_ref_counts;
 
 void xp2m_ref_check64(const uint64_t *entries, uint64_t n, const uint64_t *m2p, uint64_t m2p_len,
