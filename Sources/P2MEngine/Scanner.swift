@@ -325,11 +325,20 @@ public final class P2MScanner: @unchecked Sendable {
 
         let cells = max(1, min(options.mapCells, nLeaves))
         let leavesPerCell = max(1, (nLeaves + cells - 1) / cells)
-        var masks = [UInt8](repeating: 0, count: (nLeaves + leavesPerCell - 1) / max(leavesPerCell, 1))
+        var masks = [UInt8](repeating: 0, count: (nLeaves + leavesPerCell - 1) / leavesPerCell)
 
         func entriesIn(_ leaf: Int) -> Int {
             let first = UInt64(leaf) &* UInt64(fpp)
             return Int(min(UInt64(fpp), effective &- first))
+        }
+
+        /// A leaf frame that refused to map: its entries are unknown.
+        func leafUnmappable(_ leaf: Int, _ m: UInt64, errno err: Int32) {
+            a.findings.add(.structureUnmappable, FindingSample(pfn: UInt64(leaf) &* UInt64(fpp), mfn: m, level: 0, index: UInt64(leaf), format: a.primary,
+                                                              note: "leaf, errno \(err)"))
+            checker.counts.faulty &+= UInt64(entriesIn(leaf))
+            a.populatedKnown = false
+            masks[leaf / leavesPerCell] |= PfnMap.Bit.unreadable
         }
 
         var i = 0
@@ -350,11 +359,7 @@ public final class P2MScanner: @unchecked Sendable {
                         checker.counts.invalid &+= UInt64(n)
                         masks[i / leavesPerCell] |= PfnMap.Bit.invalid
                     case .unmappable(let err):
-                        a.findings.add(.structureUnmappable, FindingSample(pfn: UInt64(i) &* UInt64(fpp), mfn: m, level: 0, index: UInt64(i), format: a.primary,
-                                                                          note: "leaf, errno \(err)"))
-                        checker.counts.faulty &+= UInt64(n)
-                        a.populatedKnown = false
-                        masks[i / leavesPerCell] |= PfnMap.Bit.unreadable
+                        leafUnmappable(i, m, errno: err)
                     case .misused:
                         // The pfns this slot should describe are unknown.
                         a.populatedKnown = false
@@ -379,11 +384,7 @@ public final class P2MScanner: @unchecked Sendable {
                 let cell = leaf / leavesPerCell
                 guard let page = mapping.page(slot) else {
                     if shared.contains(m) { sharedState[m] = .unmappable(mapping.errors[slot]) }
-                    a.findings.add(.structureUnmappable, FindingSample(pfn: UInt64(leaf) &* UInt64(fpp), mfn: m, level: 0, index: UInt64(leaf), format: a.primary,
-                                                                      note: "leaf, errno \(mapping.errors[slot])"))
-                    checker.counts.faulty &+= UInt64(n)
-                    a.populatedKnown = false
-                    masks[cell] |= PfnMap.Bit.unreadable
+                    leafUnmappable(leaf, m, errno: mapping.errors[slot])
                     continue
                 }
                 a.session.noteRead(bytes: pageSize)
