@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Client abuse suite and host/process faults against the real xenp2md (issue 7).
 # Builds xenp2md and xenp2mctl if needed, starts the daemon on the simulated demo fleet
-# with a world-accessible socket (so an unprivileged peer can be tried) and a 3 s idle
-# limit, and runs scripts/abuse.py against it. Only the local Unix socket is a target.
+# with a world-accessible socket (so an unprivileged peer can be tried), a 3 s idle
+# limit and a 5 s request-head deadline, and runs scripts/abuse.py against it. Only the
+# local Unix socket is a target. XENP2M_SCRATCH_PATH=DIR builds into DIR instead of .build.
 # Last line: `abuse cases: N, daemon survived: yes|no`; exit status non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH
 start=$(date +%s)
-swift build --product xenp2md >/dev/null
-swift build --product xenp2mctl >/dev/null
-bin=$(swift build --show-bin-path)
+build=(swift build)
+[ -n "${XENP2M_SCRATCH_PATH:-}" ] && build+=(--scratch-path "$XENP2M_SCRATCH_PATH")
+"${build[@]}" --product xenp2md >/dev/null
+"${build[@]}" --product xenp2mctl >/dev/null
+bin=$("${build[@]}" --show-bin-path)
 
 work=$(mktemp -d /tmp/xenp2m-abuse-XXXXXX)
 chmod 0755 "$work" # the unprivileged peer (nobody) must reach the socket
@@ -29,6 +32,7 @@ socket:
   mode: "0666"
 http:
   idle_timeout_seconds: 3
+  request_head_timeout_seconds: 5
 poll:
   interval_seconds: 1
   jitter_seconds: 0
@@ -43,7 +47,7 @@ for _ in $(seq 100); do
 done
 status=0
 python3 scripts/abuse.py --socket "$sock" --pid "$daemon" --config "$work/xenp2md.yaml" --log "$work/xenp2md.log" \
-    --bin "$bin" --work "$work" --idle 3 >"$work/out" 2>&1 || status=$?
+    --bin "$bin" --work "$work" --idle 3 --head-timeout 5 >"$work/out" 2>&1 || status=$?
 rc=0
 wait "$daemon" || rc=$?
 daemon=

@@ -38,7 +38,18 @@ struct API: Sendable {
             return .error(.badRequest, "bad_request", "request target '\(uri)' is not an absolute path")
         }
         let query = Dictionary((comps.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
-        let parts = comps.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
+        // Split the still-encoded path at its literal slashes, then decode each segment:
+        // routing on the decoded path would make `%2F` a separator (`1%2fscan` -> `1/scan`).
+        var parts: [String] = []
+        for raw in comps.percentEncodedPath.split(separator: "/", omittingEmptySubsequences: false).dropFirst() {
+            guard let seg = String(raw).removingPercentEncoding else {
+                return .error(.badRequest, "bad_request", "path segment '\(raw)' is not valid percent-encoded UTF-8")
+            }
+            guard !seg.contains("/") else {
+                return .error(.badRequest, "bad_request", "an encoded '/' (%2F) is not allowed in a path segment")
+            }
+            parts.append(seg)
+        }
 
         func only(_ allowed: HTTPMethod, _ body: () async -> APIResponse) async -> APIResponse {
             guard method == allowed else {

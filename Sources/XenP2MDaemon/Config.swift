@@ -44,6 +44,9 @@ public struct DaemonConfig: Sendable, Equatable {
     public var maxRequestBodyBytes: Int = 4096
     public var maxHeaderCount: Int = 64
     public var idleTimeoutSeconds: Double = 30
+    /// A request head (request line and headers) must be complete this long after its
+    /// first byte arrived, or the connection is closed (slow-loris clients).
+    public var requestHeadTimeoutSeconds: Double = 10
 
     public init() {}
 
@@ -129,7 +132,7 @@ public struct DaemonConfig: Sendable, Equatable {
             }
         }
         if let h = try y.map("http") {
-            try h.allowOnly(["max_body_bytes", "max_headers", "idle_timeout_seconds"])
+            try h.allowOnly(["max_body_bytes", "max_headers", "idle_timeout_seconds", "request_head_timeout_seconds"])
             if let v = try h.uint("max_body_bytes", max: 1 << 20) { c.maxRequestBodyBytes = Int(v) }
             if let v = try h.uint("max_headers", max: 1000) {
                 guard v >= 4 else { throw h.error("max_headers", "must be at least 4") }
@@ -138,6 +141,10 @@ public struct DaemonConfig: Sendable, Equatable {
             if let v = try h.double("idle_timeout_seconds") {
                 guard v >= 0.1 else { throw h.error("idle_timeout_seconds", "must be at least 0.1") }
                 c.idleTimeoutSeconds = v
+            }
+            if let v = try h.double("request_head_timeout_seconds") {
+                guard v >= 0.1 else { throw h.error("request_head_timeout_seconds", "must be at least 0.1") }
+                c.requestHeadTimeoutSeconds = v
             }
         }
         return c

@@ -30,6 +30,8 @@ struct HTTPLimits: Sendable {
     var maxBodyBytes: Int
     var maxHeaders: Int
     var idleTimeout: Double
+    /// Seconds from a request's first byte until its head must be complete.
+    var requestHeadTimeout: Double
 }
 
 typealias HTTPConnection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
@@ -77,6 +79,13 @@ final class APIServer: Service, @unchecked Sendable {
                 let sync = channel.pipeline.syncOperations
                 try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
                 try sync.addHandler(JSONProtocolErrorHandler())
+                // The head deadline: armed by the first raw byte of a request (before the
+                // decoder), disarmed by the decoded head (right after the decoder, so a
+                // pipelined head counts when it is parsed, not when the previous answer is done).
+                let headStart = HeadDeadlineStartHandler(timeout: .milliseconds(Int64(l.requestHeadTimeout * 1000)))
+                let decoder = try sync.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+                try sync.addHandler(HeadDeadlineEndHandler(start: headStart), name: "head-deadline-end", position: .after(decoder))
+                try sync.addHandler(headStart, name: "head-deadline-start", position: .first)
                 try sync.addHandler(IdleCloseHandler(), position: .first)
                 try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(l.idleTimeout * 1000))),
                                     name: "idle", position: .first)
@@ -128,61 +137,83 @@ final class APIServer: Service, @unchecked Sendable {
         if case .unixPath(let path, _, _) = listener { unlink(path) }
     }
 
+    /// How long an answer written during graceful shutdown may take before its connection
+    /// is closed anyway (the daemon must still stop promptly).
+    static let shutdownWriteLimit = TimeAmount.seconds(2)
+
     /// Serves one connection: requests in order, until the peer closes, asks to close,
     /// idles out or sends something that is not HTTP.
     static func serve(_ conn: HTTPConnection, peer: PeerCredentials?, api: API, limits: HTTPLimits, metricsOnly: Bool,
                       logger: Logger) async {
         do {
             try await conn.executeThenClose { inbound, outbound in
+                /// Writes one complete answer. Graceful shutdown cancels this task (`run`'s
+                /// cancelAll), and NIO's writer refuses writes from a cancelled task: a request
+                /// being answered right then (a scan ending with 503 `unavailable`) still gets
+                /// its answer, written from an uncancelled task and bounded by closing the
+                /// connection after `shutdownWriteLimit`.
+                func send(_ parts: [HTTPServerResponsePart]) async throws {
+                    do {
+                        try await outbound.write(contentsOf: parts)
+                    } catch is CancellationError {
+                        let channel = conn.channel
+                        let bound = channel.eventLoop.scheduleTask(in: shutdownWriteLimit) { channel.close(promise: nil) }
+                        defer { bound.cancel() }
+                        try await Task { try await outbound.write(contentsOf: parts) }.value
+                    }
+                }
+                func tooLarge() -> APIResponse {
+                    .error(.payloadTooLarge, "payload_too_large", "request bodies are limited to \(limits.maxBodyBytes) bytes")
+                }
                 var head: HTTPRequestHead?
                 var body = ByteBuffer()
-                var refused: APIResponse?
                 for try await part in inbound {
                     switch part {
                     case .head(let h):
-                        head = h
                         body.clear()
-                        refused = nil
+                        // Refused as soon as the head says so: the answer goes out at once and
+                        // the connection is closed without reading a body the client may
+                        // still be sending (or never send).
                         if h.headers.count > limits.maxHeaders {
-                            refused = .error(.requestHeaderFieldsTooLarge, "header_fields_too_large",
-                                             "at most \(limits.maxHeaders) header fields are accepted")
-                        } else if let len = h.headers.first(name: "content-length").flatMap(Int.init), len > limits.maxBodyBytes {
-                            refused = .error(.payloadTooLarge, "payload_too_large", "request bodies are limited to \(limits.maxBodyBytes) bytes")
+                            try await send(Self.parts(.error(.requestHeaderFieldsTooLarge, "header_fields_too_large",
+                                                             "at most \(limits.maxHeaders) header fields are accepted"),
+                                                      version: h.version, keepAlive: false))
+                            return
                         }
+                        if let len = h.headers.first(name: "content-length").flatMap(Int.init), len > limits.maxBodyBytes {
+                            try await send(Self.parts(tooLarge(), version: h.version, keepAlive: false))
+                            return
+                        }
+                        head = h
                     case .body(var b):
-                        guard refused == nil else { continue }
-                        if body.readableBytes + b.readableBytes > limits.maxBodyBytes {
-                            refused = .error(.payloadTooLarge, "payload_too_large", "request bodies are limited to \(limits.maxBodyBytes) bytes")
-                        } else {
-                            body.writeBuffer(&b)
+                        guard let h = head else { continue }
+                        // A chunked body has no length up front: refused once it passes the limit.
+                        guard body.readableBytes + b.readableBytes <= limits.maxBodyBytes else {
+                            try await send(Self.parts(tooLarge(), version: h.version, keepAlive: false))
+                            return
                         }
+                        body.writeBuffer(&b)
                     case .end:
                         guard let h = head else { continue }
                         head = nil
                         let response: APIResponse
-                        if let refused {
-                            response = refused
-                        } else if metricsOnly && h.uri.split(separator: "?").first != "/metrics" {
+                        if metricsOnly && h.uri.split(separator: "?").first != "/metrics" {
                             response = .error(.notFound, "not_found", "this listener serves GET /metrics only")
                         } else {
                             response = await api.handle(method: h.method, uri: h.uri, body: body, peer: peer)
                         }
-                        let keepAlive = h.isKeepAlive && refused == nil
+                        // Cancelled meanwhile: the daemon is stopping; answer, then close.
+                        let keepAlive = h.isKeepAlive && !Task.isCancelled
                         switch response {
-                        case .full(let status, let contentType, let payload, let extra):
-                            var headers = HTTPHeaders()
-                            headers.add(name: "Content-Type", value: contentType)
-                            headers.add(name: "Content-Length", value: "\(payload.readableBytes)")
-                            headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
-                            for (k, v) in extra { headers.add(name: k, value: v) }
-                            try await outbound.write(.head(HTTPResponseHead(version: h.version, status: status, headers: headers)))
-                            try await outbound.write(.body(.byteBuffer(payload)))
-                            try await outbound.write(.end(nil))
+                        case .full:
+                            try await send(Self.parts(response, version: h.version, keepAlive: keepAlive))
                             if !keepAlive { return }
                         case .stream(let backlog, let live):
-                            // A watch connection sends nothing more: the idle limit is for
-                            // requests, not for a client waiting on events.
-                            _ = try? await conn.channel.pipeline.removeHandler(name: "idle").get()
+                            // A watch connection sends nothing more: the idle limit and the head
+                            // deadline are for requests, not for a client waiting on events.
+                            for name in ["idle", "head-deadline-start", "head-deadline-end"] {
+                                _ = try? await conn.channel.pipeline.removeHandler(name: name).get()
+                            }
                             var headers = HTTPHeaders()
                             headers.add(name: "Content-Type", value: "application/x-ndjson")
                             headers.add(name: "Cache-Control", value: "no-store")
@@ -205,6 +236,17 @@ final class APIServer: Service, @unchecked Sendable {
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Head, body and end of a `.full` answer (nothing for a stream, which `serve` writes itself).
+    static func parts(_ response: APIResponse, version: HTTPVersion, keepAlive: Bool) -> [HTTPServerResponsePart] {
+        guard case .full(let status, let contentType, let payload, let extra) = response else { return [] }
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: "\(payload.readableBytes)")
+        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        for (k, v) in extra { headers.add(name: k, value: v) }
+        return [.head(HTTPResponseHead(version: version, status: status, headers: headers)), .body(.byteBuffer(payload)), .end(nil)]
     }
 
     static func line(_ e: DaemonEvent, _ enc: JSONEncoder) -> ByteBuffer {
@@ -253,5 +295,77 @@ final class IdleCloseHandler: ChannelInboundHandler, RemovableChannelHandler {
         } else {
             context.fireUserInboundEventTriggered(event)
         }
+    }
+}
+
+/// Starts a request's head deadline at its first raw byte (it sits before the HTTP
+/// decoder). The idle limit alone cannot stop a slow-loris client: every byte resets it.
+/// `HeadDeadlineEndHandler` (right after the decoder) reports heads and ends.
+final class HeadDeadlineStartHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private enum State {
+        /// Between requests: the next byte starts a head.
+        case waiting
+        /// A head has started and is not complete yet.
+        case readingHead
+        /// Head complete; body bytes until the request's end.
+        case inRequest
+    }
+
+    let timeout: TimeAmount
+    private var state = State.waiting
+    private var timer: Scheduled<Void>?
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if state == .waiting {
+            state = .readingHead
+            let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
+            timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+                ctx.value.close(promise: nil)
+            }
+        }
+        context.fireChannelRead(data)
+    }
+
+    func headReceived() {
+        state = .inRequest
+        timer?.cancel()
+        timer = nil
+    }
+
+    func requestEnded() { state = .waiting }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+}
+
+/// Tells `HeadDeadlineStartHandler` when a decoded request head and end pass by.
+final class HeadDeadlineEndHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    let start: HeadDeadlineStartHandler
+
+    init(start: HeadDeadlineStartHandler) { self.start = start }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head: start.headReceived()
+        case .end: start.requestEnded()
+        case .body: break
+        }
+        context.fireChannelRead(data)
     }
 }

@@ -279,6 +279,131 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertLessThan(held, 5, "idle connection not closed by the 1 s idle limit")
     }
 
+    // MARK: - Socket abuse (scripts/abuse.py has the full cases)
+
+    /// Slow-loris: every byte resets the idle limit, so the request-head deadline (from a
+    /// request's first byte) must close the connection; a stream whose head arrived is exempt.
+    func testRequestHeadDeadlineClosesATricklingClient() throws {
+        let dir = try makeTempDir()
+        try "http:\n  idle_timeout_seconds: 1\n  request_head_timeout_seconds: 2\n".write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
+        let d = try DaemonUnderTest(dir: dir, extraArgs: ["--config", dir + "/c.yaml"])
+        try d.waitReady()
+        let watch = try d.client.connect()
+        defer { close(watch) }
+        try writeAll(watch, Array("GET /v1/events?since=0 HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        let watchStart = Date()
+
+        let slow = try d.client.connect()
+        defer { close(slow) }
+        let request = Array("GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: \(String(repeating: "s", count: 100))".utf8)
+        let start = Date()
+        var closedAfter: Double?
+        var sent = 0
+        while closedAfter == nil && Date().timeIntervalSince(start) < 6 {
+            // A byte every 0.3 s: each resets the 1 s idle limit, none completes the head.
+            if send(slow, [request[sent]], 1, Int32(MSG_NOSIGNAL)) != 1 {
+                closedAfter = Date().timeIntervalSince(start)
+                break
+            }
+            sent += 1
+            var p = pollfd(fd: slow, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, 300) == 1 {
+                var b = [UInt8](repeating: 0, count: 64)
+                if recv(slow, &b, b.count, 0) <= 0 { closedAfter = Date().timeIntervalSince(start) }
+            }
+            XCTAssertEqual(try d.client.request("GET", "/v1/health").status, 200, "others are served meanwhile")
+        }
+        let closed = try XCTUnwrap(closedAfter, "a client sending one header byte every 0.3 s was never closed")
+        XCTAssertGreaterThan(closed, 1.7, "closed before the 2 s head deadline (\(sent) bytes sent)")
+        XCTAssertLessThan(closed, 3.5, "not closed by the 2 s head deadline")
+
+        // The watcher is past both limits and still connected: reading finds data or
+        // nothing yet, never end-of-file.
+        usleep(useconds_t(max(0, 3 - Date().timeIntervalSince(watchStart)) * 1_000_000))
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var n: Int
+        repeat { n = recv(watch, &buf, buf.count, Int32(MSG_DONTWAIT)) } while n > 0
+        XCTAssertTrue(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "the event stream was closed (recv \(n), errno \(errno))")
+    }
+
+    /// A body over max_body_bytes is refused as soon as that is known, and the connection
+    /// closed, without waiting for (or reading) the rest.
+    func testOversizeBodyIsRefusedBeforeItArrives() throws {
+        let dir = try makeTempDir()
+        try "http:\n  idle_timeout_seconds: 5\n  max_body_bytes: 100\n".write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
+        let d = try DaemonUnderTest(dir: dir, extraArgs: ["--config", dir + "/c.yaml"])
+        try d.waitReady()
+        let post = "POST /v1/domains/1/scan HTTP/1.1\r\nHost: x\r\n"
+        let chunk = "40\r\n\(String(repeating: "a", count: 64))\r\n"
+        for (label, request) in [("declared 100 MB, none sent", post + "Content-Length: 100000000\r\n\r\n"),
+                                 ("chunked past the limit, no last chunk", post + "Transfer-Encoding: chunked\r\n\r\n" + chunk + chunk)] {
+            let start = Date()
+            // rawExchange reads until the daemon closes: the time covers the answer and the close.
+            let r = parseRaw(try rawExchange(d.socket, Array(request.utf8)))
+            let took = Date().timeIntervalSince(start)
+            XCTAssertEqual(r.status, 413, "\(label): \(r.headers)")
+            XCTAssertTrue(r.body.contains("\"code\":\"payload_too_large\""), "\(label): \(r.body)")
+            XCTAssertTrue(r.headers.lowercased().contains("connection: close"), "\(label): \(r.headers)")
+            XCTAssertLessThan(took, 2, "\(label): 413 and close took \(took) s (idle limit 5 s)")
+        }
+        XCTAssertEqual(try d.client.request("GET", "/v1/health").status, 200)
+    }
+
+    /// Routing splits the still-encoded path: `%2F` is data, not a separator.
+    func testEncodedSlashIsNotAPathSeparator() throws {
+        let d = try DaemonUnderTest()
+        try d.waitReady()
+        for (method, path) in [("GET", "/v1/domains/1%2fscan"), ("POST", "/v1/domains/1%2Fscan"), ("GET", "/v1%2fhealth")] {
+            let r = try d.client.request(method, path)
+            XCTAssertEqual(r.status, 400, "\(method) \(path): \(String(decoding: r.body, as: UTF8.self))")
+            XCTAssertEqual(r.apiError?.code, "bad_request", "\(method) \(path)")
+        }
+        // Other escapes are still decoded, per segment.
+        XCTAssertEqual(try d.client.request("GET", "/v1/domains/%31").status, 200)
+        XCTAssertEqual(try d.client.request("GET", "/v1/%68ealth").status, 200)
+    }
+
+    /// SIGTERM while a manual scan is being waited for: the client gets 503 `unavailable`
+    /// before the connection closes, and the daemon still stops promptly.
+    func testSigtermAnswersAnInFlightScanWith503() throws {
+        let dir = try makeTempDir()
+        // Probing every data frame of a 2 GiB guest: a scan of seconds (debug build) from a
+        // fleet that builds in a fraction of one.
+        try "host:\n  memory_gib: 8\ndomains:\n  - {domid: 7, name: slow, memory_mib: 2048}\n"
+            .write(toFile: dir + "/fleet.yaml", atomically: true, encoding: .utf8)
+        try "poll:\n  probe_data_frames: true\n  interval_seconds: 3600\n  budget_frames_per_second: 0\n"
+            .write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
+        let d = try DaemonUnderTest(dir: dir, extraArgs: ["--scenario", dir + "/fleet.yaml", "--config", dir + "/c.yaml"], pollInterval: nil)
+        XCTAssertTrue(d.eventually(30) { (try? d.client.request("GET", "/v1/health"))?.status == 200 }, d.log)
+
+        final class Box: @unchecked Sendable {
+            var response: HTTPResponse?
+            var error: Error?
+        }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        let socket = d.socket
+        DispatchQueue.global().async {
+            do {
+                box.response = try UnixHTTPClient(socketPath: socket, timeout: 30).request("POST", "/v1/domains/7/scan?timeout=60")
+            } catch {
+                box.error = error
+            }
+            done.signal()
+        }
+        usleep(500_000)
+        XCTAssertEqual(done.wait(timeout: .now()), .timedOut, "the scan finished before SIGTERM: nothing was in flight")
+        let start = Date()
+        d.signal(SIGTERM)
+        XCTAssertEqual(done.wait(timeout: .now() + 15), .success, "the scan request got no answer")
+        XCTAssertNil(box.error, "\(box.error.map { "\($0)" } ?? "")")
+        XCTAssertEqual(box.response?.status, 503, box.response.map { String(decoding: $0.body, as: UTF8.self) } ?? "")
+        XCTAssertEqual(box.response?.apiError?.code, "unavailable")
+        XCTAssertEqual(d.waitExit(timeout: 15), 0, d.log)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+        XCTAssertTrue(d.log.contains("xenp2md stopped"), d.log)
+    }
+
     // MARK: - Events
 
     func testBalloonProducesEventsOnTheStream() throws {
