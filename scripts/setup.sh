@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test xenp2m: libxenctrl and
-# friends (libxen-dev), pkg-config, systemd's tools and setpriv for the end-to-end tests.
+# friends (libxen-dev), pkg-config, systemd's tools, setpriv and libfaketime (wall clock
+# jumps, HostFaultTests) for the end-to-end tests.
 # Swift itself is expected on PATH (or in /opt/swift/usr/bin).
 set -euo pipefail
 if [ -d /opt/swift/usr/bin ] && ! command -v swift >/dev/null 2>&1; then
@@ -16,6 +17,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

@@ -80,6 +80,12 @@ public final class P2MScanner: @unchecked Sendable {
         let maxMFN = try host.maxMFN()
         let nrGpfns = try? host.nrGpfns(info.domid)
         let m2p = try host.mapM2P(maxMFN: maxMFN)
+        // A table shorter than the host would turn every frame above its end into a
+        // bogus mfn_out_of_range: the scan cannot be trusted, so it is an error instead.
+        guard UInt64(m2p.entries.count) > maxMFN else {
+            throw HostError.system(operation: "map the M2P table up to MFN \(hex(maxMFN)) (the mapping has \(m2p.entries.count) entries, not \(maxMFN &+ 1))",
+                                   errno: ERANGE)
+        }
 
         var attempt: Attempt
         var retries = 0

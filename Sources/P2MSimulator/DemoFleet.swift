@@ -6,6 +6,8 @@ public enum DemoFleet {
 # copy it and pass --scenario FILE to simulate your own fleet.
 #
 # host.memory_gib    machine memory of the simulated host
+# host.faults        [{kind, errno, after_calls, count, entries}] the host's own calls
+#                    fail: list_domains_fails, m2p_map_fails, m2p_map_short; see README
 # domains[]:
 #   domid, name      identity (domid 1..32751)
 #   type             pv | hvm | pvh (only pv guests have a P2M to check)

@@ -1,3 +1,4 @@
+import Foundation
 import P2MEngine
 
 /// Faults the simulator can inject. Each one models a concrete way a guest or host goes
@@ -200,5 +201,72 @@ extension SimulatedHost {
         case .allMapsFail:
             d.faults.allMapsFail = true
         }
+    }
+}
+
+/// A fault of the simulated host itself rather than of one guest: the host-wide calls
+/// (listing domains, mapping the M2P) fail for a window of calls, so a test can watch the
+/// daemon lose and regain the host. Calls are counted from 1 per operation (listing;
+/// mapping the M2P, shared by both M2P kinds); the fault hits
+/// calls `after + 1 ... after + count` (every later call when `count` is nil). The daemon
+/// lists domains once per poll and maps the M2P once per scan of a PV domain.
+public struct HostFault: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// Listing domains (xc_domain_getinfolist) fails with `errno`.
+        case listDomainsFails = "list_domains_fails"
+        /// Mapping the M2P table (xc_map_m2p) fails with `errno`.
+        case m2pMapFails = "m2p_map_fails"
+        /// The M2P mapping "succeeds" but covers only the first `entries` frames.
+        case m2pMapShort = "m2p_map_short"
+
+        /// The host call it hits.
+        public var operation: Operation { self == .listDomainsFails ? .listDomains : .mapM2P }
+    }
+
+    public enum Operation: Sendable, Hashable {
+        case listDomains
+        case mapM2P
+    }
+
+    public var kind: Kind
+    /// The failure reported (unused by `m2pMapShort`, which does not fail).
+    public var errno: Int32
+    /// Calls that succeed before the fault starts.
+    public var after: Int
+    /// Calls that fail; nil: every call after `after`.
+    public var count: Int?
+    /// For `m2pMapShort`: entries the mapping covers.
+    public var entries: UInt64
+
+    public init(kind: Kind, errno: Int32 = EIO, after: Int = 0, count: Int? = nil, entries: UInt64 = 16) {
+        self.kind = kind
+        self.errno = errno
+        self.after = after
+        self.count = count
+        self.entries = entries
+    }
+
+    /// Whether the `call`-th call (1-based) of its kind is hit.
+    public func hits(call: Int) -> Bool {
+        guard call > after else { return false }
+        guard let count else { return true }
+        return call <= after + count
+    }
+}
+
+extension SimulatedHost {
+    /// Replaces the host-wide faults and restarts their call counters.
+    public func setHostFaults(_ faults: [HostFault]) {
+        lock.lock(); defer { lock.unlock() }
+        hostFaults = faults
+        hostCalls = [:]
+    }
+
+    /// Counts one host-wide call and returns the first fault that hits it (callers hold
+    /// the lock).
+    func hostFault(_ op: HostFault.Operation) -> HostFault? {
+        let n = (hostCalls[op] ?? 0) + 1
+        hostCalls[op] = n
+        return hostFaults.first { $0.kind.operation == op && $0.hits(call: n) }
     }
 }

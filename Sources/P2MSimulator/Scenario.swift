@@ -18,6 +18,8 @@ public struct DomainScenario: Sendable {
 public struct Scenario: Sendable {
     public var hostMemoryGiB: UInt64
     public var domains: [DomainScenario]
+    /// Faults of the host itself (listing domains, mapping the M2P).
+    public var hostFaults: [HostFault] = []
 
     public static func load(path: String) throws(ConfigError) -> Scenario {
         let text: String
@@ -33,10 +35,12 @@ public struct Scenario: Sendable {
         let doc = try YAMLMap.parse(text, file: file)
         try doc.allowOnly(["host", "domains"])
         var memory: UInt64 = 16
+        var hostFaults: [HostFault] = []
         if let host = try doc.map("host") {
-            try host.allowOnly(["memory_gib"])
+            try host.allowOnly(["memory_gib", "faults"])
             memory = try host.uint("memory_gib", max: 1 << 20) ?? memory
             guard memory >= 1 else { throw host.error("memory_gib", "must be at least 1") }
+            for f in try host.list("faults") { hostFaults.append(try hostFault(f)) }
         }
         var out: [DomainScenario] = []
         var seen = Set<DomID>()
@@ -46,7 +50,35 @@ public struct Scenario: Sendable {
             guard seen.insert(s.spec.domid).inserted else { throw d.error("domid", "domid \(s.spec.domid) appears twice") }
             out.append(s)
         }
-        return Scenario(hostMemoryGiB: memory, domains: out)
+        return Scenario(hostMemoryGiB: memory, domains: out, hostFaults: hostFaults)
+    }
+
+    /// errno names a host fault may use (the failures libxenctrl reports for these calls).
+    static let hostFaultErrnos: [String: Int32] = ["EPERM": EPERM, "EACCES": EACCES, "EFAULT": EFAULT, "ENOMEM": ENOMEM,
+                                                   "EIO": EIO, "EBUSY": EBUSY, "EINVAL": EINVAL]
+
+    private static func hostFault(_ f: YAMLMap) throws(ConfigError) -> HostFault {
+        try f.allowOnly(["kind", "errno", "after_calls", "count", "entries"])
+        let kinds = HostFault.Kind.allCases.map(\.rawValue)
+        guard let name = try f.string("kind", oneOf: kinds), let kind = HostFault.Kind(rawValue: name) else {
+            throw f.error(nil, "a host fault needs a kind (\(kinds.joined(separator: ", ")))")
+        }
+        // Defaults: what a failing xc_domain_getinfolist and xc_map_m2p most often return.
+        var fault = HostFault(kind: kind, errno: kind == .listDomainsFails ? EIO : kind == .m2pMapFails ? EFAULT : 0)
+        if let e = try f.string("errno", oneOf: hostFaultErrnos.keys.sorted()) {
+            guard kind != .m2pMapShort else { throw f.error("errno", "m2p_map_short does not fail, it maps too little") }
+            fault.errno = hostFaultErrnos[e]!
+        }
+        fault.after = Int(try f.uint("after_calls", max: 1 << 30) ?? 0)
+        if let n = try f.uint("count", max: 1 << 30) {
+            guard n > 0 else { throw f.error("count", "must be at least 1 (leave it out for every later call)") }
+            fault.count = Int(n)
+        }
+        if let n = try f.uint("entries", max: 1 << 40) {
+            guard kind == .m2pMapShort else { throw f.error("entries", "only m2p_map_short takes entries") }
+            fault.entries = n
+        }
+        return fault
     }
 
     static let domainKeys: Set<String> = ["domid", "name", "type", "width", "memory_mib", "maxmem_mib", "formats",
@@ -150,6 +182,7 @@ public final class SimulatedFleet: @unchecked Sendable {
     public init(_ scenario: Scenario) throws {
         self.scenario = scenario
         host = SimulatedHost(memoryGiB: scenario.hostMemoryGiB)
+        host.setHostFaults(scenario.hostFaults)
         for d in scenario.domains {
             try host.createGuest(d.spec)
             for f in d.faults {

@@ -24,6 +24,9 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
     var mapCalls: [DomID: Int] = [:]
     /// Map calls made in total (benchmarks and tests count them).
     public private(set) var totalMapCalls = 0
+    /// Host-wide faults (listing, M2P) and the calls of each kind made so far.
+    var hostFaults: [HostFault] = []
+    var hostCalls: [HostFault.Operation: Int] = [:]
 
     /// - Parameter frames: machine frames on the host (max MFN = frames - 1).
     public init(frames: UInt64) {
@@ -108,6 +111,10 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
 
     public func listDomains() throws(HostError) -> [DomainInfo] {
         lock.lock(); defer { lock.unlock() }
+        if let f = hostFault(.listDomains) {
+            // The Xen backend's wording for a failed xc_domain_getinfolist.
+            throw HostError.system(operation: "list domains from domid 0", errno: f.errno)
+        }
         return domains.keys.sorted().map { domains[$0]!.info }
     }
 
@@ -177,8 +184,18 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
     }
 
     public func mapM2P(maxMFN: UInt64) throws(HostError) -> M2PMapping {
+        lock.lock(); defer { lock.unlock() }
+        var entries = m2p.count
+        if let f = hostFault(.mapM2P) {
+            if f.kind == .m2pMapShort {
+                entries = Int(min(UInt64(entries), f.entries))
+            } else {
+                // The Xen backend's wording for a failed xc_map_m2p.
+                throw HostError.system(operation: "map the M2P table up to MFN 0x\(String(maxMFN, radix: 16))", errno: f.errno)
+            }
+        }
         // The table lives as long as the host; the mapping keeps the host alive.
-        M2PMapping(entries: UnsafeBufferPointer(m2p)) { [self] in _ = self }
+        return M2PMapping(entries: UnsafeBufferPointer(rebasing: m2p[0..<entries])) { [self] in _ = self }
     }
 
     public func domainName(_ domid: DomID) -> String? {

@@ -59,8 +59,11 @@ public struct DomainSummary: Codable, Sendable, Equatable {
     public var scanDurationMs: Double?
     /// Why the domain was not scanned (dying or shut down), if it was skipped.
     public var skipped: String?
+    /// Set while the daemon cannot list the host's domains: the row is the last known
+    /// report, the domain may have changed or gone since. Says why and since when.
+    public var stale: String?
 
-    public init(report r: P2MReport, state: DomainState, skipped: String? = nil) {
+    public init(report r: P2MReport, state: DomainState, skipped: String? = nil, stale: String? = nil) {
         domid = r.domid
         name = r.name
         uuid = r.uuid
@@ -79,6 +82,7 @@ public struct DomainSummary: Codable, Sendable, Equatable {
         scannedAt = r.scannedAt
         scanDurationMs = r.stats.durationMs
         self.skipped = skipped
+        self.stale = stale
     }
 }
 
@@ -130,9 +134,65 @@ public struct DaemonEvent: Codable, Sendable, Equatable {
     }
 }
 
+/// Whether the daemon can list the host's domains (`GET /v1/health`, `domain_listing`).
+public struct DomainListingHealth: Codable, Sendable, Equatable {
+    /// False while the latest attempt failed.
+    public var ok: Bool
+    /// Failed polls in a row (0 when `ok`).
+    public var consecutiveFailures: UInt64
+    /// Failed listings since start.
+    public var failures: UInt64
+    /// The latest failure (kept after recovery, for the record).
+    public var lastError: String?
+    /// When the current run of failures began (nil when `ok`).
+    public var failingSince: Date?
+    public var lastSuccessAt: Date?
+
+    public init(ok: Bool, consecutiveFailures: UInt64, failures: UInt64, lastError: String?, failingSince: Date?,
+                lastSuccessAt: Date?) {
+        self.ok = ok
+        self.consecutiveFailures = consecutiveFailures
+        self.failures = failures
+        self.lastError = lastError
+        self.failingSince = failingSince
+        self.lastSuccessAt = lastSuccessAt
+    }
+}
+
+/// Whether incidents reach the disk (`GET /v1/health`, `incident_log`).
+public struct IncidentLogHealth: Codable, Sendable, Equatable {
+    public var path: String
+    /// False while appends fail (disk full, I/O error); the events are held in memory.
+    public var writable: Bool
+    /// The latest write error (kept after recovery, for the record).
+    public var lastError: String?
+    /// Incidents held in memory that are not on disk yet; they are written, in order, as
+    /// soon as an append succeeds again (retried every poll). Lost if the daemon stops first.
+    public var unpersistedEvents: Int
+    /// Incidents given up on because too many were held (never written).
+    public var droppedEvents: UInt64
+    /// Failed appends since start.
+    public var writeFailures: UInt64
+    /// When the current run of failures began (nil when writable).
+    public var failingSince: Date?
+
+    public init(path: String, writable: Bool, lastError: String?, unpersistedEvents: Int, droppedEvents: UInt64,
+                writeFailures: UInt64, failingSince: Date?) {
+        self.path = path
+        self.writable = writable
+        self.lastError = lastError
+        self.unpersistedEvents = unpersistedEvents
+        self.droppedEvents = droppedEvents
+        self.writeFailures = writeFailures
+        self.failingSince = failingSince
+    }
+}
+
 /// `GET /v1/health`.
 public struct HealthStatus: Codable, Sendable, Equatable {
-    /// "starting" until the first poll completed, then "ok".
+    /// "starting" until the first poll completed, then "ok", or "degraded" while the daemon
+    /// runs but cannot do all of its job (domains cannot be listed, incidents cannot be
+    /// written); `problems` says what.
     public var status: String
     public var pid: Int32
     public var backend: String
@@ -152,11 +212,17 @@ public struct HealthStatus: Codable, Sendable, Equatable {
     public var scanBudgetFramesPerSecond: Double
     /// Why the last reload was refused (the old config stays in force), or nil.
     public var configError: String?
+    /// One line per reason for "degraded" (empty when "ok"). Optional for daemons older
+    /// than these fields, as are the two below.
+    public var problems: [String]?
+    public var domainListing: DomainListingHealth?
+    public var incidentLog: IncidentLogHealth?
 
     public init(status: String, pid: Int32, backend: String, uptimeSeconds: Double, polls: UInt64, lastPollAt: Date?,
                 lastPollDurationMs: Double?, domains: Int, worstSeverity: Severity?, incidents: UInt64,
                 lastEventSeq: UInt64, configFile: String?, configGeneration: Int, pollIntervalSeconds: Double,
-                concurrentScans: Int, scanBudgetFramesPerSecond: Double, configError: String?) {
+                concurrentScans: Int, scanBudgetFramesPerSecond: Double, configError: String?,
+                problems: [String]? = nil, domainListing: DomainListingHealth? = nil, incidentLog: IncidentLogHealth? = nil) {
         self.status = status
         self.pid = pid
         self.backend = backend
@@ -174,5 +240,8 @@ public struct HealthStatus: Codable, Sendable, Equatable {
         self.concurrentScans = concurrentScans
         self.scanBudgetFramesPerSecond = scanBudgetFramesPerSecond
         self.configError = configError
+        self.problems = problems
+        self.domainListing = domainListing
+        self.incidentLog = incidentLog
     }
 }

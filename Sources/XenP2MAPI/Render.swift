@@ -31,7 +31,10 @@ public enum Render {
     }
 
     public static func summaries(_ list: [DomainSummary]) -> String {
-        table(summaryHeader, list.map(summaryRow))
+        var out = table(summaryHeader, list.map(summaryRow))
+        // The daemon marks every row the same way while it cannot list domains.
+        if let why = list.lazy.compactMap(\.stale).first { out += "STALE: \(why)\n" }
+        return out
     }
 
     /// The human summary of one report (`xenp2mctl status`).

@@ -42,7 +42,8 @@ final class LiveSettings: @unchecked Sendable {
 
     var limits: HTTPLimits {
         let c = config
-        return HTTPLimits(maxBodyBytes: c.maxRequestBodyBytes, maxHeaders: c.maxHeaderCount, idleTimeout: c.idleTimeoutSeconds)
+        return HTTPLimits(maxBodyBytes: c.maxRequestBodyBytes, maxHeaders: c.maxHeaderCount, idleTimeout: c.idleTimeoutSeconds,
+                          requestHeadTimeout: c.requestHeadTimeoutSeconds)
     }
 }
 
@@ -230,6 +231,12 @@ public enum Daemon {
             try await ServiceGroup(configuration: sg).run()
         } catch {
             throw DaemonError(message: "stopped on error: \(error)", exitCode: 1)
+        }
+        if !log.retry() {
+            let st = log.status()
+            logger.error("incident log: incidents held in memory are lost: the log is still not writable", metadata: [
+                "path": "\(st.path)", "events": "\(st.unpersistedEvents)", "error": "\(st.lastError ?? "")",
+            ])
         }
         let polls = await monitor.polls
         logger.info("xenp2md stopped", metadata: ["polls": "\(polls)"])

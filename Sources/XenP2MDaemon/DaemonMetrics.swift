@@ -23,6 +23,8 @@ final class DaemonMetrics: @unchecked Sendable {
     let up: Prometheus.Gauge
     let configReloads: Prometheus.Counter
     let configReloadFailures: Prometheus.Counter
+    let listingFailures: Prometheus.Gauge
+    let incidentLogUnpersisted: Prometheus.Gauge
 
     /// - Parameter factory: the swift-metrics factory writing into `registry`. The
     ///   executable bootstraps `MetricsSystem` with it; tests and `--once` may not.
@@ -38,6 +40,8 @@ final class DaemonMetrics: @unchecked Sendable {
         up = registry.makeGauge(descriptor: describe("xenp2m_up", "1 once the first poll has completed"))
         configReloads = registry.makeCounter(descriptor: describe("xenp2m_config_reloads_total", "Successful config reloads (SIGHUP)"))
         configReloadFailures = registry.makeCounter(descriptor: describe("xenp2m_config_reload_failures_total", "Refused config reloads; the old config stayed in force"))
+        listingFailures = registry.makeGauge(descriptor: describe("xenp2m_domain_listing_failures", "Polls in a row whose domain listing failed (0: listing works); domain series are frozen meanwhile"))
+        incidentLogUnpersisted = registry.makeGauge(descriptor: describe("xenp2m_incident_log_unpersisted_events", "Incidents held in memory because appending them to the incident log failed"))
     }
 
     func text() -> String { registry.emitToString() }

@@ -63,8 +63,8 @@ final class IncidentLog: @unchecked Sendable {
         if size > 0, let h = FileHandle(forReadingAtPath: path) {
             try? h.seek(toOffset: UInt64(size - 1))
             if let last = try? h.read(upToCount: 1), last != Data([10]) {
-                _ = "\n".withCString { write(fd, $0, 1) }
-                size += 1
+                // On a full disk this fails too; the next successful append adds it.
+                if "\n".withCString({ write(fd, $0, 1) }) == 1 { size += 1 } else { newlineOwed = true }
             }
             try? h.close()
         }
@@ -73,9 +73,24 @@ final class IncidentLog: @unchecked Sendable {
         }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 
-    /// Appends and syncs one event; returns only once it is on disk.
+    /// Encoded lines not on disk yet, oldest first: a failed append (disk full, I/O
+    /// error) keeps its event here and later appends write the backlog first, so the
+    /// file stays in sequence order.
+    private var pending: [Data] = []
+    /// Held lines beyond this are dropped oldest first (they are still served from memory).
+    static let maxPending = 10_000
+    private var dropped: UInt64 = 0
+    private var failures: UInt64 = 0
+    private var lastError: String?
+    private var failingSince: Date?
+    /// The file ends in a torn line whose newline could not be written at open.
+    private var newlineOwed = false
+
+    /// Appends and syncs one event; returns once it is on disk, or once it is held in
+    /// memory because the write failed (then `status()` says so and `retry()` or the
+    /// next append writes it).
     func append(_ event: DaemonEvent) {
         var data: Data
         do {
@@ -86,25 +101,90 @@ final class IncidentLog: @unchecked Sendable {
         }
         data.append(10)
         lock.lock(); defer { lock.unlock() }
-        if size + data.count > rotateBytes { rotate() }
-        let ok = data.withUnsafeBytes { raw -> Bool in
+        pending.append(data)
+        if pending.count > Self.maxPending {
+            pending.removeFirst(pending.count - Self.maxPending)
+            dropped &+= 1
+        }
+        flushLocked()
+    }
+
+    /// Writes held events if there are any (called every poll, so a freed disk is noticed
+    /// without waiting for the next incident). Returns whether nothing is held any more.
+    @discardableResult
+    func retry() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if !pending.isEmpty { flushLocked() }
+        return pending.isEmpty
+    }
+
+    func status() -> IncidentLogHealth {
+        lock.lock(); defer { lock.unlock() }
+        return IncidentLogHealth(path: path, writable: failingSince == nil, lastError: lastError,
+                                 unpersistedEvents: pending.count, droppedEvents: dropped, writeFailures: failures,
+                                 failingSince: failingSince)
+    }
+
+    /// Writes every held line with one write and one fsync: all of them reach the disk or
+    /// none (a partial write is cut off again, so no torn line stays behind).
+    private func flushLocked() {
+        var data = Data()
+        if newlineOwed { data.append(10) }
+        for p in pending { data.append(p) }
+        if fd < 0 {
+            fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+            guard fd >= 0 else { return failed("open", errno, data.count) }
+            var st = stat()
+            fstat(fd, &st)
+            size = Int(st.st_size)
+        }
+        if size > 0 && size + data.count > rotateBytes { rotate() }
+        guard fd >= 0 else { return failed("open after rotation", errno, data.count) }
+        var err: Int32 = 0
+        let written = data.withUnsafeBytes { raw -> Bool in
             var off = 0
             while off < raw.count {
                 let n = write(fd, raw.baseAddress! + off, raw.count - off)
                 if n < 0 {
                     if errno == EINTR { continue }
+                    err = errno
                     return false
                 }
                 off += n
             }
             return true
         }
-        if !ok || fsync(fd) != 0 {
-            logger.error("incident log: write failed; the event is kept in memory only",
-                         metadata: ["path": "\(path)", "errno": "\(String(cString: strerror(errno)))"])
-            return
+        if !written || fsync(fd) != 0 {
+            if written { err = errno }
+            // Drop whatever part did land, so the next attempt starts on a clean line.
+            if ftruncate(fd, off_t(size)) != 0 {
+                logger.error("incident log: cannot cut off a partly written record", metadata: ["path": "\(path)", "errno": "\(String(cString: strerror(errno)))"])
+                var st = stat()
+                if fstat(fd, &st) == 0 { size = Int(st.st_size) }
+            }
+            return failed(written ? "fsync" : "write", err, data.count)
         }
         size += data.count
+        newlineOwed = false
+        let held = pending.count
+        pending.removeAll()
+        if let since = failingSince {
+            failingSince = nil
+            logger.notice("incident log: writable again; held events written", metadata: [
+                "path": "\(path)", "events": "\(held)", "failing_since": "\(since)", "dropped": "\(dropped)",
+            ])
+        }
+    }
+
+    private func failed(_ operation: String, _ code: Int32, _ bytes: Int) {
+        failures &+= 1
+        let text = "\(operation) \(path): \(String(cString: strerror(code)))"
+        if failingSince == nil || text != lastError {
+            logger.error("incident log: write failed; the event is kept in memory and written once the disk accepts it",
+                         metadata: ["path": "\(path)", "error": "\(text)", "held_events": "\(pending.count)", "bytes": "\(bytes)"])
+        }
+        lastError = text
+        if failingSince == nil { failingSince = Date() }
     }
 
     private func rotate() {

@@ -25,6 +25,10 @@ public actor Monitor {
         var announced = false
         /// Frames the last scan mapped: the budget's estimate for the next one.
         var lastFrames: UInt64?
+        /// The latest report that is not a scan error: a failed scan (M2P not mappable,
+        /// frames refusing to map) knows nothing of the P2M's format, stability or size,
+        /// so those changes are judged between successful scans only.
+        var lastScanned: P2MReport?
     }
 
     let host: any P2MHost
@@ -46,6 +50,12 @@ public actor Monitor {
     private let startedAt = ContinuousClock.now
     private(set) var polls: UInt64 = 0
     private var lastPollAt: Date?
+    /// The host's domain list: while it cannot be read, the records are the last known
+    /// state (kept, not declared gone) and are served marked stale.
+    private var listing = DomainListingHealth(ok: true, consecutiveFailures: 0, failures: 0, lastError: nil,
+                                              failingSince: nil, lastSuccessAt: nil) {
+        didSet { summariesBody = nil }
+    }
     private var lastPollDuration: Double?
     /// Set while a poll runs and refreshed on each finished scan; the watchdog stops
     /// pinging when it gets old (a hung host call), and systemd restarts the service.
@@ -108,17 +118,20 @@ public actor Monitor {
                 logger.warning("simulated fleet could not balloon", metadata: ["error": "\(f)"])
             }
         }
+        // Incidents held in memory after a failed append get another chance each poll.
+        hub.log?.retry()
         let host = self.host
         let listed = await runBlocking { () -> Result<[DomainInfo], HostError> in
             do throws(HostError) { return .success(try host.listDomains()) } catch { return .failure(error) }
         }
         guard case .success(let infos)? = listed else {
-            if case .failure(let e)? = listed {
-                logger.error("cannot list domains", metadata: ["error": "\(e)"])
-                metrics.scanErrors.increment()
-            }
+            // Cancelled (shutdown): not a failure of the host.
+            guard case .failure(let e)? = listed else { return }
+            listingFailed(e)
+            finishPoll(clock: clock, start: start)
             return
         }
+        listingWorked()
         let seen = Set(infos.map(\.domid))
         for (domid, rec) in records where !seen.contains(domid) {
             gone(domid, rec, why: "destroyed")
@@ -179,6 +192,13 @@ public actor Monitor {
             }
             await group.waitForAll()
         }
+        finishPoll(clock: clock, start: start)
+    }
+
+    /// A poll cycle ran (also one whose listing failed: the loop is alive, and the failure
+    /// is reported in `health()` rather than by a poll counter that stops).
+    private func finishPoll(clock: ContinuousClock, start: ContinuousClock.Instant) {
+        metrics.incidentLogUnpersisted.set(to: Double(hub.log?.status().unpersistedEvents ?? 0))
         polls += 1
         lastPollAt = Date()
         let d = clock.now - start
@@ -189,6 +209,49 @@ public actor Monitor {
             for c in readyContinuations { c.resume() }
             readyContinuations = []
         }
+    }
+
+    /// Listing failed: keep every record as it was (a host that cannot answer has not
+    /// destroyed its guests), say so once in the log, and report it until it works again.
+    private func listingFailed(_ e: HostError) {
+        let text = "\(e)"
+        var l = listing
+        if l.ok || l.lastError != text {
+            logger.error("cannot list domains; keeping the last known reports until it works again", metadata: [
+                "error": "\(text)", "domains_kept": "\(records.count)",
+            ])
+        }
+        if l.ok { l.failingSince = Date() }
+        l.ok = false
+        l.consecutiveFailures &+= 1
+        l.failures &+= 1
+        l.lastError = text
+        listing = l
+        metrics.scanErrors.increment()
+        metrics.listingFailures.set(to: Double(l.consecutiveFailures))
+    }
+
+    private func listingWorked() {
+        if !listing.ok {
+            logger.notice("domain listing works again", metadata: [
+                "failed_polls": "\(listing.consecutiveFailures)", "last_error": "\(listing.lastError ?? "")",
+            ])
+            metrics.listingFailures.set(to: 0)
+        }
+        var l = listing
+        l.ok = true
+        l.consecutiveFailures = 0
+        l.failingSince = nil
+        l.lastSuccessAt = Date()
+        listing = l
+    }
+
+    /// "cannot list domains since T (N polls): error", or nil while listing works.
+    private var listingProblem: String? {
+        guard !listing.ok else { return nil }
+        let since = listing.failingSince.map { " since " + ISO8601DateFormatter().string(from: $0) } ?? ""
+        let n = listing.consecutiveFailures
+        return "cannot list domains\(since) (\(n) poll\(n == 1 ? "" : "s")): \(listing.lastError ?? "unknown error")"
     }
 
     /// Returns once the first poll has completed.
@@ -235,12 +298,14 @@ public actor Monitor {
         metrics.scans.increment()
         if r.severity == .error { metrics.scanErrors.increment() }
         let label = r.name.map { "\(r.domid) (\($0))" } ?? "\(r.domid)"
-        if let prev = rec.latest {
-            if prev.severity != r.severity {
+        if let last = rec.latest {
+            if last.severity != r.severity {
                 hub.publish(kind: .severityChanged, domid: r.domid, name: r.name, uuid: r.uuid, severity: r.severity,
-                            previous: prev.severity.rawValue, current: r.severity.rawValue,
-                            message: "domain \(label): \(prev.severity.rawValue) -> \(r.severity.rawValue)" + Self.why(r))
+                            previous: last.severity.rawValue, current: r.severity.rawValue,
+                            message: "domain \(label): \(last.severity.rawValue) -> \(r.severity.rawValue)" + Self.why(r))
             }
+        }
+        if r.severity != .error, let prev = rec.lastScanned {
             if prev.primaryFormat != r.primaryFormat {
                 hub.publish(kind: .formatChanged, domid: r.domid, name: r.name, uuid: r.uuid, severity: r.severity,
                             previous: prev.primaryFormat?.rawValue ?? "none", current: r.primaryFormat?.rawValue ?? "none",
@@ -259,13 +324,15 @@ public actor Monitor {
                             previous: "\(prev.populated)", current: "\(r.populated)",
                             message: "domain \(label): populated pages \(prev.populated) -> \(r.populated)")
             }
-        } else if !rec.announced {
+        }
+        if rec.latest == nil && !rec.announced {
             rec.announced = true
             hub.publish(kind: .domainNew, domid: r.domid, name: r.name, uuid: r.uuid, severity: r.severity,
                         current: r.severity.rawValue,
                         message: "domain \(label) found: \(r.severity.rawValue)" + Self.why(r))
         }
         rec.latest = r
+        if r.severity != .error { rec.lastScanned = r }
         rec.lastFrames = r.stats.framesMapped
         rec.history.append(r)
         if rec.history.count > config.historyLength { rec.history.removeFirst(rec.history.count - config.historyLength) }
@@ -291,11 +358,12 @@ public actor Monitor {
     }
 
     func summaries() -> [DomainSummary] {
-        records.keys.sorted().compactMap { d in
+        let stale = listingProblem.map { $0 + "; this is the last known report" }
+        return records.keys.sorted().compactMap { d in
             let rec = records[d]!
             let state: DomainState = rec.info.dying ? .dying : rec.info.shutdown ? .shutdown : rec.info.paused ? .paused : .running
             guard let r = rec.latest else { return nil }
-            return DomainSummary(report: r, state: state, skipped: rec.stopping)
+            return DomainSummary(report: r, state: state, skipped: rec.stopping, stale: stale)
         }
     }
 
@@ -310,8 +378,11 @@ public actor Monitor {
     }
 
     /// Scans now and answers with the report, or times out (the scan still completes and
-    /// is recorded). Concurrent requests for one domain share one scan.
+    /// is recorded). Concurrent requests for one domain share one scan. A cancelled caller
+    /// (graceful shutdown cancels the API's connection tasks) stops waiting at once and
+    /// gets `.shuttingDown`; the scan itself runs on in the background.
     func scanNow(_ domid: DomID, timeout: Double) async throws(MonitorError) -> P2MReport {
+        if Task.isCancelled { throw .shuttingDown }
         let info: DomainInfo
         if let rec = records[domid] {
             info = rec.info
@@ -320,6 +391,7 @@ public actor Monitor {
             let found = await runBlocking { () -> DomainInfo? in
                 do throws(HostError) { return try host.domainInfo(domid) } catch { return nil }
             }
+            if Task.isCancelled { throw .shuttingDown }
             guard let f = found ?? nil else { throw .notFound(domid) }
             info = f
             records[domid] = Record(info: f)
@@ -339,20 +411,33 @@ public actor Monitor {
             }
             manualScans[domid] = task
         }
-        let result = await withTaskGroup(of: P2MReport??.self) { group -> P2MReport?? in
-            group.addTask { await task.value }
+        enum Outcome: Sendable {
+            case done(P2MReport?)
+            case timedOut
+            case cancelled
+        }
+        let outcome = await withTaskGroup(of: Outcome.self) { group -> Outcome in
+            // Not `await task.value` directly: that ignores cancellation, and the group
+            // would wait for the whole scan before it could return.
+            group.addTask { await valueUnlessCancelled(task).map(Outcome.done) ?? .cancelled }
             group.addTask {
-                try? await Task.sleep(for: .seconds(timeout))
-                return .some(nil)
+                do {
+                    try await Task.sleep(for: .seconds(timeout))
+                    return .timedOut
+                } catch {
+                    return .cancelled
+                }
             }
-            let first = await group.next() ?? nil
+            let first = await group.next() ?? .cancelled
             group.cancelAll()
             return first
         }
-        switch result {
-        case .some(.some(let r)): return r
-        case .some(.none): throw .timeout(domid, timeout)
-        case .none: throw .notFound(domid)
+        if Task.isCancelled { throw .shuttingDown }
+        switch outcome {
+        case .done(let r?): return r
+        case .done(nil): throw .notFound(domid)
+        case .timedOut: throw .timeout(domid, timeout)
+        case .cancelled: throw .shuttingDown
         }
     }
 
@@ -361,14 +446,22 @@ public actor Monitor {
     func health() -> HealthStatus {
         let up = ContinuousClock.now - startedAt
         let reports = records.values.compactMap(\.latest)
+        let log = hub.log?.status()
+        var problems: [String] = []
+        if let why = listingProblem { problems.append(why + "; the last known reports are kept and served as stale") }
+        if let log, !log.writable {
+            problems.append("incident log not writable (\(log.lastError ?? "unknown error")): \(log.unpersistedEvents) incidents held in memory only"
+                + (log.droppedEvents > 0 ? ", \(log.droppedEvents) dropped" : ""))
+        }
         return HealthStatus(
-            status: polls > 0 ? "ok" : "starting", pid: getpid(), backend: host.backendName,
+            status: polls == 0 ? "starting" : problems.isEmpty ? "ok" : "degraded", pid: getpid(), backend: host.backendName,
             uptimeSeconds: Double(up.components.seconds) + Double(up.components.attoseconds) / 1e18,
             polls: polls, lastPollAt: lastPollAt, lastPollDurationMs: lastPollDuration.map { $0 * 1000 },
             domains: records.count, worstSeverity: reports.map(\.severity).max(), incidents: hub.incidentCount,
             lastEventSeq: hub.lastSeq, configFile: configFile, configGeneration: configGeneration,
             pollIntervalSeconds: config.pollIntervalSeconds, concurrentScans: config.concurrentScans,
-            scanBudgetFramesPerSecond: config.scanBudgetFramesPerSecond, configError: configError)
+            scanBudgetFramesPerSecond: config.scanBudgetFramesPerSecond, configError: configError,
+            problems: problems, domainListing: listing, incidentLog: log)
     }
 
     /// One line for systemd's STATUS=.
@@ -382,6 +475,8 @@ public actor Monitor {
         }
         s += ", \(polls) polls"
         if let d = lastPollDuration { s += ", last took \(String(format: "%.2f", d))s" }
+        if !listing.ok { s += "; DEGRADED: cannot list domains (\(listing.lastError ?? "?"))" }
+        if let log = hub.log?.status(), !log.writable { s += "; DEGRADED: incident log not writable, \(log.unpersistedEvents) held" }
         return s
     }
 }
@@ -395,6 +490,20 @@ func runBlocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
         await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
             once.set(c)
             DispatchQueue.global(qos: .utility).async { once.resume(body()) }
+        }
+    } onCancel: {
+        once.resume(nil)
+    }
+}
+
+/// Waits for `task`'s value; nil as soon as the waiting task is cancelled (the task
+/// itself runs on: an unstructured task is not cancelled with its waiters).
+func valueUnlessCancelled<T: Sendable>(_ task: Task<T, Never>) async -> T? {
+    let once = ResumeOnce<T>()
+    return await withTaskCancellationHandler {
+        await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
+            once.set(c)
+            Task { once.resume(await task.value) }
         }
     } onCancel: {
         once.resume(nil)

@@ -257,12 +257,18 @@ struct Check: ParsableCommand {
         }
         guard let all = try? decoder.decode([DomainSummary].self, from: r.body) else { throw emit(3, "unreadable domain list") }
         let states = all.map { (Self.state($0.severity), $0) }
-        let worst = states.map(\.0).max { Self.rank($0) < Self.rank($1) } ?? 0
+        var worst = states.map(\.0).max { Self.rank($0) < Self.rank($1) } ?? 0
         var counts: [Int32: Int] = [:]
         for (s, _) in states { counts[s, default: 0] += 1 }
         var text = "\(all.count) domains: \(counts[2] ?? 0) critical, \(counts[1] ?? 0) warning, \(counts[3] ?? 0) unknown, \(counts[0] ?? 0) ok"
         let bad = states.filter { $0.0 == worst && worst != 0 }.map { "\($0.1.domid)" + ($0.1.name.map { " \($0)" } ?? "") }
         if !bad.isEmpty { text += "; \(Self.names[worst]!.lowercased()): " + bad.joined(separator: ", ") }
+        // The daemon cannot list the host's domains: these are last known states, so an
+        // all-clear would be a guess. At least UNKNOWN; a known critical stays critical.
+        if let why = all.lazy.compactMap(\.stale).first {
+            if Self.rank(worst) < Self.rank(3) { worst = 3 }
+            text += "; stale: \(why)"
+        }
         text += " | critical=\(counts[2] ?? 0) warning=\(counts[1] ?? 0) unknown=\(counts[3] ?? 0) ok=\(counts[0] ?? 0)"
         throw emit(worst, text)
     }

@@ -234,3 +234,37 @@ func parseRaw(_ text: String) -> (status: Int, headers: String, body: String) {
     let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
     return (status, head, String(text[split.upperBound...]))
 }
+
+// MARK: - Degraded states (HostFaultTests)
+
+extension DaemonUnderTest {
+    /// Waits until the first poll completed, whatever it found: unlike `waitReady`, a
+    /// "degraded" daemon counts.
+    @discardableResult
+    func waitPolled(timeout: Double = 60) throws -> HealthStatus {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            guard isRunning else { throw HarnessError("xenp2md exited (\(exitStatus ?? -1)) before its first poll:\n\(log)") }
+            if let h = try? health(), h.polls > 0 { return h }
+            usleep(50_000)
+        }
+        throw HarnessError("xenp2md did not finish a poll within \(timeout)s:\n\(log)")
+    }
+
+    /// Every event the daemon keeps (incident log and this run), oldest first.
+    func events() throws -> [DaemonEvent] {
+        let r = try client.request("GET", "/v1/events?since=0&follow=0")
+        return try String(decoding: r.body, as: UTF8.self).split(separator: "\n")
+            .map { try APIJSON.decoder().decode(DaemonEvent.self, from: Data($0.utf8)) }
+    }
+
+    func summaries() throws -> [DomainSummary] {
+        try APIJSON.decoder().decode([DomainSummary].self, from: client.request("GET", "/v1/domains").body)
+    }
+}
+
+/// The records of an incidents.jsonl; fails on any line that is not an event.
+func incidentLogEvents(_ path: String) throws -> [DaemonEvent] {
+    let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    return try text.split(separator: "\n").map { try APIJSON.decoder().decode(DaemonEvent.self, from: Data($0.utf8)) }
+}
