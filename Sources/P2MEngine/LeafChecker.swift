@@ -5,9 +5,12 @@ struct LeafChecker {
     let width: GuestWidth
     let maxMFN: UInt64
     let m2p: UnsafeBufferPointer<UInt64>
-    /// One bit per MFN in [0, maxMFN]: set once a pfn has claimed the frame.
+    /// One bit per MFN in [0, maxMFN]: set once a pfn has claimed the frame. Zero on
+    /// entry, and zero again after `clear()`.
+    let mfns: MFNBitmap
     let bitmap: UnsafeMutablePointer<UInt64>
     let bitmapWords: Int
+    let dirty: UnsafeMutablePointer<UInt8>
     let probe: Bool
 
     var counts = EntryCounts()
@@ -16,18 +19,20 @@ struct LeafChecker {
     /// (pfn, mfn) of entries to probe for mappability, flushed in batches.
     var pendingProbe: [(UInt64, UInt64)] = []
 
-    init(width: GuestWidth, maxMFN: UInt64, m2p: UnsafeBufferPointer<UInt64>, probe: Bool) {
+    init(width: GuestWidth, maxMFN: UInt64, m2p: UnsafeBufferPointer<UInt64>, probe: Bool, bitmap mfns: MFNBitmap) {
+        precondition(mfns.covers(maxMFN: maxMFN), "MFN bitmap sized for another host")
         self.width = width
         self.maxMFN = maxMFN
         self.m2p = m2p
         self.probe = probe
-        // Guarded by the caller: maxMFN is the hypervisor's, not the guest's.
-        bitmapWords = Int((maxMFN >> 6) + 1)
-        bitmap = .allocate(capacity: bitmapWords)
-        bitmap.initialize(repeating: 0, count: bitmapWords)
+        self.mfns = mfns
+        bitmap = mfns.words
+        bitmapWords = mfns.wordCount
+        dirty = mfns.dirty
     }
 
-    func deallocate() { bitmap.deallocate() }
+    /// Leaves the bitmap all zero, ready for the next scan.
+    func clear() { mfns.clearTouched() }
 
     /// MFNs that occur more than once in `frames`, using the (still empty) bitmap and
     /// leaving it empty again. Frames beyond the bitmap are skipped: the walker has
@@ -97,6 +102,7 @@ struct LeafChecker {
             let bit = UInt64(1) << (e & 63)
             let claimed = bitmap[word] & bit != 0
             bitmap[word] |= bit
+            dirty[word >> MFNBitmap.chunkShift] = 1
             let back = m2pBase.unsafelyUnwrapped[Int(e)]
             if back != pfn {
                 faulty &+= 1
@@ -147,8 +153,9 @@ public enum EntryCheckKernel {
     ///   - entries: entries to check (<= leafCount * fpp).
     public static func run(leaves: UnsafeRawPointer, leafCount: Int, entries: UInt64, width: GuestWidth, maxMFN: UInt64,
                            m2p: UnsafeBufferPointer<UInt64>) -> Result {
-        var checker = LeafChecker(width: width, maxMFN: maxMFN, m2p: m2p, probe: false)
-        defer { checker.deallocate() }
+        // A new bitmap each run, allocated and zeroed inside the caller's timed region as
+        // the C reference does with its own.
+        var checker = LeafChecker(width: width, maxMFN: maxMFN, m2p: m2p, probe: false, bitmap: MFNBitmap(maxMFN: maxMFN))
         var findings = FindingCollector(sampleLimit: 16)
         let fpp = width.fpp
         for k in 0..<leafCount {

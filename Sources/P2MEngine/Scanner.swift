@@ -22,6 +22,9 @@ public struct ScanOptions: Sendable, Equatable {
 public final class P2MScanner: @unchecked Sendable {
     public let host: any P2MHost
     public let options: ScanOptions
+    /// Duplicate-detection bitmaps reused between scans by this scanner (one per
+    /// concurrent scan); see MFNBitmapPool.relax for giving their memory back.
+    public let bitmaps = MFNBitmapPool()
 
     /// 2^30 pfns = 4 TiB of pseudo-physical space.
     public static let pfnSpaceAlwaysAllowed: UInt64 = 1 << 30
@@ -320,14 +323,20 @@ public final class P2MScanner: @unchecked Sendable {
     private func checkLeaves(_ w: WalkResult, effective: UInt64, width: GuestWidth, maxMFN: UInt64, m2p: M2PMapping, a: Attempt) throws(HostError) {
         let fpp = width.fpp
         let nLeaves = Int((effective &+ UInt64(fpp) &- 1) / UInt64(fpp))
-        var checker = LeafChecker(width: width, maxMFN: maxMFN, m2p: m2p.entries, probe: options.probeDataFrames)
-        defer { checker.deallocate() }
+        let bitmap = bitmaps.take(maxMFN: maxMFN)
+        var checker = LeafChecker(width: width, maxMFN: maxMFN, m2p: m2p.entries, probe: options.probeDataFrames, bitmap: bitmap)
+        defer {
+            checker.clear()
+            bitmaps.give(bitmap)
+        }
 
         // Frames named by more than one leaf slot: legitimate only for all-INVALID pages.
         // Found with the checker's MFN bitmap (cleared again before the entry checks),
         // so this costs no memory beyond the bitmap the scan needs anyway.
         let shared = checker.framesSeenTwice(w.leaves[0..<nLeaves], ignoring: unreadableLeaf)
         var sharedState: [UInt64: SharedLeaf] = [:]
+        // Hashing every leaf MFN against empty sets showed up in fleet profiles.
+        let anyShared = !shared.isEmpty
 
         let cells = max(1, min(options.mapCells, nLeaves))
         let leavesPerCell = max(1, (nLeaves + cells - 1) / cells)
@@ -359,7 +368,7 @@ public final class P2MScanner: @unchecked Sendable {
                     checker.counts.faulty &+= UInt64(n)
                     a.populatedKnown = false
                     masks[i / leavesPerCell] |= PfnMap.Bit.unreadable
-                } else if let s = sharedState[m] {
+                } else if anyShared, let s = sharedState[m] {
                     switch s {
                     case .sharedInvalid:
                         checker.counts.invalid &+= UInt64(n)
@@ -373,7 +382,7 @@ public final class P2MScanner: @unchecked Sendable {
                         checker.counts.faulty &+= UInt64(n)
                         masks[i / leavesPerCell] |= PfnMap.Bit.faulty
                     }
-                } else if shared.contains(m) && mfns.contains(m) {
+                } else if anyShared && shared.contains(m) && mfns.contains(m) {
                     // Second use inside this batch: decide after the first is read.
                     break
                 } else {
@@ -389,12 +398,12 @@ public final class P2MScanner: @unchecked Sendable {
                 let n = entriesIn(leaf)
                 let cell = leaf / leavesPerCell
                 guard let page = mapping.page(slot) else {
-                    if shared.contains(m) { sharedState[m] = .unmappable(mapping.errors[slot]) }
+                    if anyShared && shared.contains(m) { sharedState[m] = .unmappable(mapping.errors[slot]) }
                     leafUnmappable(leaf, m, errno: mapping.errors[slot])
                     continue
                 }
                 a.session.noteRead(bytes: pageSize)
-                if shared.contains(m) {
+                if anyShared && shared.contains(m) {
                     if checker.allInvalid(page) {
                         sharedState[m] = .sharedInvalid
                         checker.counts.invalid &+= UInt64(n)

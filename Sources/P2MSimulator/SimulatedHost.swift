@@ -27,6 +27,10 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
     /// Host-wide faults (listing, M2P) and the calls of each kind made so far.
     var hostFaults: [HostFault] = []
     var hostCalls: [HostFault.Operation: Int] = [:]
+    /// Buffers of released mappings, by size: a fresh 1 MiB allocation per map call is
+    /// an mmap, 256 page faults and an munmap, which made the simulator, not the scanner,
+    /// the larger cost of a fleet poll. Real foreign mappings have no such cost.
+    let buffers = BufferPool()
 
     /// - Parameter frames: machine frames on the host (max MFN = frames - 1).
     public init(frames: UInt64) {
@@ -163,7 +167,8 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
             throw HostError.system(operation: "map \(mfns.count) frames of domain \(domid)", errno: EFAULT)
         }
         let n = mfns.count
-        let base = UnsafeMutableRawPointer.allocate(byteCount: max(1, n) * pageSize, alignment: pageSize)
+        let bytes = max(1, n) * pageSize
+        let base = buffers.take(bytes)
         var errors = [Int32](repeating: 0, count: n)
         let owned = UInt16(truncatingIfNeeded: domid)
         for i in 0..<n {
@@ -180,7 +185,8 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
                 dst.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
             }
         }
-        return FrameMapping(base: UnsafeRawPointer(base), count: n, errors: errors) { base.deallocate() }
+        let pool = buffers
+        return FrameMapping(base: UnsafeRawPointer(base), count: n, errors: errors) { pool.give(base, bytes) }
     }
 
     public func mapM2P(maxMFN: UInt64) throws(HostError) -> M2PMapping {
@@ -246,5 +252,34 @@ public enum SimError: Error, Equatable, CustomStringConvertible {
         case .invalidSpec(let s): return "invalid guest spec: \(s)"
         case .cannotInject(let s): return "cannot inject fault: \(s)"
         }
+    }
+}
+
+/// Page-aligned buffers kept for reuse, a few per size.
+final class BufferPool: @unchecked Sendable {
+    private let lock = NSLock()
+    private var idle: [Int: [UnsafeMutableRawPointer]] = [:]
+    static let keepPerSize = 8
+
+    func take(_ bytes: Int) -> UnsafeMutableRawPointer {
+        lock.lock()
+        let b = idle[bytes]?.popLast()
+        lock.unlock()
+        return b ?? .allocate(byteCount: bytes, alignment: pageSize)
+    }
+
+    func give(_ b: UnsafeMutableRawPointer, _ bytes: Int) {
+        lock.lock()
+        if idle[bytes, default: []].count < Self.keepPerSize {
+            idle[bytes, default: []].append(b)
+            lock.unlock()
+        } else {
+            lock.unlock()
+            b.deallocate()
+        }
+    }
+
+    deinit {
+        for list in idle.values { for b in list { b.deallocate() } }
     }
 }

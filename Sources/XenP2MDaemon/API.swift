@@ -65,6 +65,7 @@ struct API: Sendable {
         case ["v1", "domains"]:
             return await only(.GET) {
                 do {
+                    if let cached = monitor.summariesBody.get() { return .full(.ok, "application/json", ByteBuffer(bytes: cached), []) }
                     return .full(.ok, "application/json", ByteBuffer(bytes: try await monitor.summariesJSON()), [])
                 } catch {
                     return .error(.internalServerError, "internal", "cannot encode the answer: \(error)")

@@ -20,6 +20,9 @@ public struct DaemonConfig: Sendable, Equatable {
     /// same storage or hypervisor do not fall into lockstep.
     public var pollJitterSeconds: Double = 3
     public var concurrentScans: Int = 2
+    /// Nice value of the scan threads: the socket API and the rest of dom0 get the CPU
+    /// first when it is contended. 0 = the daemon's own priority.
+    public var scanNice: Int = 10
     /// Frames mapped per second over all scans; 0 = unlimited.
     public var scanBudgetFramesPerSecond: Double = 250_000
     public var scanTimeoutSeconds: Double = 30
@@ -75,7 +78,8 @@ public struct DaemonConfig: Sendable, Equatable {
 
         if let p = try y.map("poll") {
             try p.allowOnly(["interval_seconds", "jitter_seconds", "concurrent_scans", "budget_frames_per_second",
-                             "scan_timeout_seconds", "history", "probe_data_frames", "sample_limit", "batch_frames"])
+                             "scan_timeout_seconds", "history", "probe_data_frames", "sample_limit", "batch_frames",
+                             "scan_nice"])
             if let v = try p.double("interval_seconds") {
                 guard v >= 0.1 && v <= 86400 else { throw p.error("interval_seconds", "must be between 0.1 and 86400") }
                 c.pollIntervalSeconds = v
@@ -88,6 +92,7 @@ public struct DaemonConfig: Sendable, Equatable {
                 guard v >= 1 else { throw p.error("concurrent_scans", "must be at least 1") }
                 c.concurrentScans = Int(v)
             }
+            if let v = try p.uint("scan_nice", max: 19) { c.scanNice = Int(v) }
             if let v = try p.double("budget_frames_per_second") {
                 guard v >= 0 else { throw p.error("budget_frames_per_second", "must not be negative (0 = unlimited)") }
                 c.scanBudgetFramesPerSecond = v

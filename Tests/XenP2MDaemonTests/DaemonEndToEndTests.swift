@@ -621,7 +621,7 @@ final class DaemonEndToEndTests: XCTestCase {
                             previous: "ok", current: "critical", message: "domain 9 (old): ok -> critical")
         var data = try APIJSON.encoder().encode(e)
         data.append(contentsOf: Array("\n{\"seq\":42,\"ti".utf8)) // torn by a crash
-        FileManager.default.createFile(atPath: dir + "/state/incidents.jsonl", contents: data)
+        XCTAssertTrue(FileManager.default.createFile(atPath: dir + "/state/incidents.jsonl", contents: data))
         let d = try DaemonUnderTest(dir: dir)
         try d.waitReady()
         let r = try d.client.request("GET", "/v1/events?since=0&follow=0")
