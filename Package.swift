@@ -110,8 +110,9 @@ let package = Package(
         .executableTarget(
             name: "xenp2m-bench",
             dependencies: [
-                "P2MEngine", "P2MSimulator", "CBenchReference", "XenP2MAPI",
+                "P2MEngine", "P2MSimulator", "P2MXen", "CBenchReference", "XenP2MAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/xenp2m-bench"
         ),

@@ -36,7 +36,17 @@ struct XenP2MBench: ParsableCommand {
     @Option(help: "GiB populated over all --fleet guests.")
     var fleetGib: UInt64 = 2048
 
+    @Option(help: "Item 5 only, on a real Xen host (root): xenp2m's full check of this domain vs xen-mfndump dump-p2m.")
+    var xen: UInt32?
+
+    @Option(help: "xen-mfndump for --xen.")
+    var mfndump = "/usr/lib/xen-4.17/bin/xen-mfndump"
+
     mutating func run() throws {
+        if let xen {
+            try XenBench(domid: xen, repeats: repeats, mfndump: mfndump).run()
+            return
+        }
         if fleet {
             let exe = daemon ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("xenp2md").path
             try FleetBench(daemon: exe, guests: fleetGuests, totalGiB: fleetGib, clients: 50, cycles: 3).run()

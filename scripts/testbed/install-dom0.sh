@@ -25,6 +25,7 @@ if [ -f "$unit" ]; then
 fi
 put 755 "$BIN/xenp2md" "$daemon_path"
 put 755 "$BIN/xenp2mctl" "$(dirname "$daemon_path")/xenp2mctl"
+[ -x "$BIN/xenp2m-bench" ] && put 755 "$BIN/xenp2m-bench" /usr/local/bin/xenp2m-bench
 for u in "$REPO_DIR"/systemd/*.service "$REPO_DIR"/systemd/*.socket; do
   [ -f "$u" ] && put 644 "$u" "/etc/systemd/system/$(basename "$u")"
 done

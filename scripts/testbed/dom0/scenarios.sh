@@ -198,6 +198,16 @@ s2() {
   nums="mfndump_entries=$entries mfndump_valid=$valid xenp2m_populated=$(jv "$r" .populated) cells=$(jv "$r" '.pfn_map.cells | length / 2')x$ppc mfndump_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"
   if [ -z "$why" ]; then result 2 mfndump-peer PASS "$nums"; else result 2 mfndump-peer FAIL "$why | $nums"; fi
   info "s2 $full"
+  # Benchmark item 5: both tools on this guest, alternated in one run (a measurement,
+  # not a pass/fail criterion).
+  if command -v xenp2m-bench > /dev/null; then
+    local bench
+    if bench=$(timeout -k 5 300 xenp2m-bench --xen "$d" --repeats 5 --mfndump "$MFNDUMP" 2>&1); then
+      while IFS= read -r l; do [ -n "$l" ] && info "s2 bench: $l"; done <<< "$bench"
+    else
+      info "s2 bench: xenp2m-bench --xen $d failed: $(printf '%s' "$bench" | tail -2 | tr '\n' ' ')"
+    fi
+  fi
 }
 
 # ---------------------------------------------------------------------------------------
