@@ -84,9 +84,10 @@ final class APIServer: Service, @unchecked Sendable {
                 // pipelined head counts when it is parsed, not when the previous answer is done).
                 let headStart = HeadDeadlineStartHandler(timeout: .milliseconds(Int64(l.requestHeadTimeout * 1000)))
                 let decoder = try sync.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
-                try sync.addHandler(HeadDeadlineEndHandler(start: headStart), name: "head-deadline-end", position: .after(decoder))
+                let tracker = HeadDeadlineEndHandler(start: headStart)
+                try sync.addHandler(tracker, name: "head-deadline-end", position: .after(decoder))
                 try sync.addHandler(headStart, name: "head-deadline-start", position: .first)
-                try sync.addHandler(IdleCloseHandler(), position: .first)
+                try sync.addHandler(IdleCloseHandler(tracker: tracker), position: .first)
                 try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(l.idleTimeout * 1000))),
                                     name: "idle", position: .first)
                 let conn = try HTTPConnection(wrappingChannelSynchronously: channel)
@@ -285,13 +286,19 @@ final class JSONProtocolErrorHandler: ChannelInboundHandler, RemovableChannelHan
     }
 }
 
-/// Closes connections that sent nothing for the idle limit.
+/// Closes connections that sent nothing for the idle limit, unless the daemon still owes
+/// them an answer: a client waiting on a long POST .../scan is silent, not idle.
 final class IdleCloseHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
+    let tracker: HeadDeadlineEndHandler
+
+    init(tracker: HeadDeadlineEndHandler) { self.tracker = tracker }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
-            context.close(promise: nil)
+            // The idle timer fires again one limit later; the answer, once written, ends the wait.
+            if tracker.awaitingAnswer == 0 { context.close(promise: nil) }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -351,21 +358,35 @@ final class HeadDeadlineStartHandler: ChannelInboundHandler, RemovableChannelHan
     }
 }
 
-/// Tells `HeadDeadlineStartHandler` when a decoded request head and end pass by.
-final class HeadDeadlineEndHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// Tells `HeadDeadlineStartHandler` when a decoded request head and end pass by, and
+/// counts requests received in full whose answer has not been written yet (it sits
+/// between the HTTP codec and the application, so it sees both directions as parts).
+final class HeadDeadlineEndHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
     let start: HeadDeadlineStartHandler
+    /// Event-loop confined, like every handler's state.
+    private(set) var awaitingAnswer = 0
 
     init(start: HeadDeadlineStartHandler) { self.start = start }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head: start.headReceived()
-        case .end: start.requestEnded()
+        case .end:
+            start.requestEnded()
+            awaitingAnswer += 1
         case .body: break
         }
         context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        // Answers refused at the head (413, 431) end before their request does.
+        if case .end = unwrapOutboundIn(data), awaitingAnswer > 0 { awaitingAnswer -= 1 }
+        context.write(data, promise: promise)
     }
 }

@@ -404,6 +404,22 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertTrue(d.log.contains("xenp2md stopped"), d.log)
     }
 
+    func testALongScanIsAnsweredPastTheIdleLimit() throws {
+        let dir = try makeTempDir()
+        // As above, a scan of seconds; the idle limit is far shorter than the scan.
+        try "host:\n  memory_gib: 8\ndomains:\n  - {domid: 7, name: slow, memory_mib: 2048}\n"
+            .write(toFile: dir + "/fleet.yaml", atomically: true, encoding: .utf8)
+        try "poll:\n  probe_data_frames: true\n  interval_seconds: 3600\n  budget_frames_per_second: 0\nhttp:\n  idle_timeout_seconds: 0.3\n"
+            .write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
+        let d = try DaemonUnderTest(dir: dir, extraArgs: ["--scenario", dir + "/fleet.yaml", "--config", dir + "/c.yaml"], pollInterval: nil)
+        XCTAssertTrue(d.eventually(30) { (try? d.client.request("GET", "/v1/health"))?.status == 200 }, d.log)
+        let start = Date()
+        let r = try UnixHTTPClient(socketPath: d.socket, timeout: 60).request("POST", "/v1/domains/7/scan?timeout=60")
+        let took = Date().timeIntervalSince(start)
+        XCTAssertEqual(r.status, 200, String(decoding: r.body, as: UTF8.self))
+        XCTAssertGreaterThan(took, 0.6, "the scan took \(took) s, less than two idle limits: this proved nothing")
+    }
+
     // MARK: - Events
 
     func testBalloonProducesEventsOnTheStream() throws {
