@@ -65,8 +65,8 @@ struct API: Sendable {
         case ["v1", "domains"]:
             return await only(.GET) {
                 do {
-                    if let cached = monitor.summariesBody.get() { return .full(.ok, "application/json", ByteBuffer(bytes: cached), []) }
-                    return .full(.ok, "application/json", ByteBuffer(bytes: try await monitor.summariesJSON()), [])
+                    if let cached = monitor.summariesBody.get() { return .full(.ok, "application/json", cached, []) }
+                    return .full(.ok, "application/json", try await monitor.summariesJSON(), [])
                 } catch {
                     return .error(.internalServerError, "internal", "cannot encode the answer: \(error)")
                 }

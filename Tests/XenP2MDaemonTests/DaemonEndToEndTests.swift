@@ -365,16 +365,21 @@ final class DaemonEndToEndTests: XCTestCase {
 
     /// SIGTERM while a manual scan is being waited for: the client gets 503 `unavailable`
     /// before the connection closes, and the daemon still stops promptly.
-    func testSigtermAnswersAnInFlightScanWith503() throws {
+    /// A daemon whose domain 7 takes seconds to scan: probing every data frame of a
+    /// 2 GiB guest (debug build), from a fleet that builds in a fraction of one.
+    func slowScanDaemon(extraConfig: String = "") throws -> DaemonUnderTest {
         let dir = try makeTempDir()
-        // Probing every data frame of a 2 GiB guest: a scan of seconds (debug build) from a
-        // fleet that builds in a fraction of one.
         try "host:\n  memory_gib: 8\ndomains:\n  - {domid: 7, name: slow, memory_mib: 2048}\n"
             .write(toFile: dir + "/fleet.yaml", atomically: true, encoding: .utf8)
-        try "poll:\n  probe_data_frames: true\n  interval_seconds: 3600\n  budget_frames_per_second: 0\n"
+        try ("poll:\n  probe_data_frames: true\n  interval_seconds: 3600\n  budget_frames_per_second: 0\n" + extraConfig)
             .write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
         let d = try DaemonUnderTest(dir: dir, extraArgs: ["--scenario", dir + "/fleet.yaml", "--config", dir + "/c.yaml"], pollInterval: nil)
         XCTAssertTrue(d.eventually(30) { (try? d.client.request("GET", "/v1/health"))?.status == 200 }, d.log)
+        return d
+    }
+
+    func testSigtermAnswersAnInFlightScanWith503() throws {
+        let d = try slowScanDaemon()
 
         final class Box: @unchecked Sendable {
             var response: HTTPResponse?
@@ -405,14 +410,8 @@ final class DaemonEndToEndTests: XCTestCase {
     }
 
     func testALongScanIsAnsweredPastTheIdleLimit() throws {
-        let dir = try makeTempDir()
-        // As above, a scan of seconds; the idle limit is far shorter than the scan.
-        try "host:\n  memory_gib: 8\ndomains:\n  - {domid: 7, name: slow, memory_mib: 2048}\n"
-            .write(toFile: dir + "/fleet.yaml", atomically: true, encoding: .utf8)
-        try "poll:\n  probe_data_frames: true\n  interval_seconds: 3600\n  budget_frames_per_second: 0\nhttp:\n  idle_timeout_seconds: 0.3\n"
-            .write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
-        let d = try DaemonUnderTest(dir: dir, extraArgs: ["--scenario", dir + "/fleet.yaml", "--config", dir + "/c.yaml"], pollInterval: nil)
-        XCTAssertTrue(d.eventually(30) { (try? d.client.request("GET", "/v1/health"))?.status == 200 }, d.log)
+        // The idle limit is far shorter than the scan.
+        let d = try slowScanDaemon(extraConfig: "http:\n  idle_timeout_seconds: 0.3\n")
         let start = Date()
         let r = try UnixHTTPClient(socketPath: d.socket, timeout: 60).request("POST", "/v1/domains/7/scan?timeout=60")
         let took = Date().timeIntervalSince(start)

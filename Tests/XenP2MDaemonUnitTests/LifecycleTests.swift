@@ -26,7 +26,7 @@ import XenP2MAPI
         try host.createGuest(.linux(domid: 3, name: "first", memoryMiB: 32))
         let (m, hub) = monitor(host)
         await m.poll()
-        let firstUUID = try #require(try await m.report(3).uuid)
+        let firstUUID = try await m.report(3).uuid
         host.destroy(3)
         try host.createGuest(.linux(domid: 3, name: "second", memoryMiB: 64))
         await m.poll()
