@@ -267,6 +267,12 @@ final class HostFaultTests: XCTestCase {
             .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
             throw XCTSkip("SKIPPED: no C compiler for the timerfd shim libfaketime needs here; clock jumps are untested")
         }
+        // TSan and libfaketime both interpose clock_gettime; together the daemon never
+        // gets through start-up ("Unexpected recursive calls to clock_gettime").
+        if let daemon = try? Binaries.path("xenp2md"), let image = FileManager.default.contents(atPath: daemon),
+           image.range(of: Data("__tsan_init".utf8)) != nil {
+            throw XCTSkip("SKIPPED: xenp2md is built with ThreadSanitizer, which cannot run under libfaketime; clock jumps are untested in this build")
+        }
         let dir = try makeTempDir()
         try Self.timerfdShim.write(toFile: dir + "/timerfd-shim.c", atomically: true, encoding: .utf8)
         let built = try runTool(cc, ["-shared", "-fPIC", "-O2", "-o", dir + "/timerfd-shim.so", dir + "/timerfd-shim.c", "-ldl"])
