@@ -57,6 +57,9 @@ public final class MFNBitmap: @unchecked Sendable {
         }
     }
 
+    /// Memory this bitmap holds.
+    var footprint: Int { mappedBytes + chunkCount }
+
     func covers(maxMFN: UInt64) -> Bool { Int((maxMFN >> 6) + 1) == wordCount }
 
     /// Zeroes every chunk a scan touched, leaving the whole bitmap zero.
@@ -99,7 +102,7 @@ public final class MFNBitmapPool: @unchecked Sendable {
     @discardableResult
     public func drain() -> Int {
         lock.lock()
-        let freed = idle.reduce(0) { $0 + $1.mappedBytes + $1.chunkCount }
+        let freed = idle.reduce(0) { $0 + $1.footprint }
         idle.removeAll()
         lock.unlock()
         return freed
@@ -116,6 +119,6 @@ public final class MFNBitmapPool: @unchecked Sendable {
     /// Bytes held by idle bitmaps.
     public var idleBytes: Int {
         lock.lock(); defer { lock.unlock() }
-        return idle.reduce(0) { $0 + $1.mappedBytes + $1.chunkCount }
+        return idle.reduce(0) { $0 + $1.footprint }
     }
 }

@@ -335,8 +335,9 @@ public final class P2MScanner: @unchecked Sendable {
         // so this costs no memory beyond the bitmap the scan needs anyway.
         let shared = checker.framesSeenTwice(w.leaves[0..<nLeaves], ignoring: unreadableLeaf)
         var sharedState: [UInt64: SharedLeaf] = [:]
-        // Hashing every leaf MFN against empty sets showed up in fleet profiles.
+        // Hashing every leaf MFN against an empty set showed up in fleet profiles.
         let anyShared = !shared.isEmpty
+        func isShared(_ m: UInt64) -> Bool { anyShared && shared.contains(m) }
 
         let cells = max(1, min(options.mapCells, nLeaves))
         let leavesPerCell = max(1, (nLeaves + cells - 1) / cells)
@@ -382,7 +383,7 @@ public final class P2MScanner: @unchecked Sendable {
                         checker.counts.faulty &+= UInt64(n)
                         masks[i / leavesPerCell] |= PfnMap.Bit.faulty
                     }
-                } else if anyShared && shared.contains(m) && mfns.contains(m) {
+                } else if isShared(m) && mfns.contains(m) {
                     // Second use inside this batch: decide after the first is read.
                     break
                 } else {
@@ -398,12 +399,12 @@ public final class P2MScanner: @unchecked Sendable {
                 let n = entriesIn(leaf)
                 let cell = leaf / leavesPerCell
                 guard let page = mapping.page(slot) else {
-                    if anyShared && shared.contains(m) { sharedState[m] = .unmappable(mapping.errors[slot]) }
+                    if isShared(m) { sharedState[m] = .unmappable(mapping.errors[slot]) }
                     leafUnmappable(leaf, m, errno: mapping.errors[slot])
                     continue
                 }
                 a.session.noteRead(bytes: pageSize)
-                if anyShared && shared.contains(m) {
+                if isShared(m) {
                     if checker.allInvalid(page) {
                         sharedState[m] = .sharedInvalid
                         checker.counts.invalid &+= UInt64(n)

@@ -65,7 +65,7 @@ struct API: Sendable {
         case ["v1", "domains"]:
             return await only(.GET) {
                 do {
-                    if let cached = monitor.summariesBody.get() { return .full(.ok, "application/json", cached, []) }
+                    if let cached = monitor.summariesBody.withLockedValue({ $0 }) { return .full(.ok, "application/json", cached, []) }
                     return .full(.ok, "application/json", try await monitor.summariesJSON(), [])
                 } catch {
                     return .error(.internalServerError, "internal", "cannot encode the answer: \(error)")

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import P2MEngine
 import XenP2MAPI
@@ -41,14 +42,14 @@ public actor Monitor {
     private var scanner: P2MScanner
     private let budget: ScanBudget
     private var records: [DomID: Record] = [:] {
-        didSet { summariesBody.set(nil) }
+        didSet { summariesBody.withLockedValue { $0 = nil } }
     }
     /// GET /v1/domains as encoded JSON, kept until a record changes: monitoring
     /// clients poll it far more often than scans change it, and encoding hundreds of
     /// summaries per request is what bounded throughput under load. Readable without
     /// entering the actor, which is busy recording results while a poll runs.
     /// A ByteBuffer, so every answer shares its storage instead of copying ~100 KB.
-    nonisolated let summariesBody = LockedBox<ByteBuffer?>(nil)
+    nonisolated let summariesBody = NIOLockedValueBox<ByteBuffer?>(nil)
     private var manualScans: [DomID: Task<P2MReport?, Never>] = [:]
     private let startedAt = ContinuousClock.now
     private(set) var polls: UInt64 = 0
@@ -57,7 +58,7 @@ public actor Monitor {
     /// state (kept, not declared gone) and are served marked stale.
     private var listing = DomainListingHealth(ok: true, consecutiveFailures: 0, failures: 0, lastError: nil,
                                               failingSince: nil, lastSuccessAt: nil) {
-        didSet { summariesBody.set(nil) }
+        didSet { summariesBody.withLockedValue { $0 = nil } }
     }
     private var lastPollDuration: Double?
     /// Set while a poll runs and refreshed on each finished scan; the watchdog stops
@@ -358,12 +359,12 @@ public actor Monitor {
     // MARK: - Queries
 
     func summariesJSON() throws -> ByteBuffer {
-        if let b = summariesBody.get() { return b }
+        if let b = summariesBody.withLockedValue({ $0 }) { return b }
         var data = try APIJSON.encoder(pretty: true).encode(summaries())
         data.append(10)
         let body = ByteBuffer(bytes: data)
         // Records change only on this actor, so nothing can have invalidated it meanwhile.
-        summariesBody.set(body)
+        summariesBody.withLockedValue { $0 = body }
         return body
     }
 
@@ -492,56 +493,45 @@ public actor Monitor {
     }
 }
 
-/// Runs blocking host work on a global queue so it never holds a cooperative thread.
-/// Returns nil if the calling task is cancelled first (the work itself finishes in the
-/// background; host calls cannot be interrupted), so shutdown is never held up by a scan.
-func runBlocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
+/// Starts `work`, which delivers its value through `resume`, and waits for it; nil as
+/// soon as the calling task is cancelled (the work itself runs on in the background: host
+/// calls cannot be interrupted), so shutdown is never held up by a scan.
+private func awaitUnlessCancelled<T: Sendable>(_ work: @escaping @Sendable (_ resume: @escaping @Sendable (T) -> Void) -> Void) async -> T? {
     let once = ResumeOnce<T>()
     return await withTaskCancellationHandler {
         await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
             once.set(c)
-            DispatchQueue.global(qos: .utility).async { once.resume(body()) }
+            work { once.resume($0) }
         }
     } onCancel: {
         once.resume(nil)
     }
 }
 
-/// Waits for `task`'s value; nil as soon as the waiting task is cancelled (the task
-/// itself runs on: an unstructured task is not cancelled with its waiters).
+/// Runs blocking host work on a global queue so it never holds a cooperative thread.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T? {
+    await awaitUnlessCancelled { resume in DispatchQueue.global(qos: .utility).async { resume(body()) } }
+}
+
+/// Waits for `task`'s value (an unstructured task is not cancelled with its waiters).
 func valueUnlessCancelled<T: Sendable>(_ task: Task<T, Never>) async -> T? {
-    let once = ResumeOnce<T>()
-    return await withTaskCancellationHandler {
-        await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
-            once.set(c)
-            Task { once.resume(await task.value) }
-        }
-    } onCancel: {
-        once.resume(nil)
-    }
+    await awaitUnlessCancelled { resume in Task { resume(await task.value) } }
 }
 
 /// Runs a scan on a thread of its own at a lower CPU priority, so that under contention
 /// the event loop answering the socket (and the rest of dom0) runs first. On Linux nice
 /// is a per-thread attribute, so only this thread is affected.
 func runScan<T: Sendable>(nice: Int32, _ body: @escaping @Sendable () -> T) async -> T? {
-    let once = ResumeOnce<T>()
-    return await withTaskCancellationHandler {
-        await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
-            once.set(c)
-            let t = Thread {
-                // Foundation's Thread.name does not reach the kernel here, and glibc's
-                // pthread_setname_np is not visible to Swift; ps, top and perf show comm.
-                try? "xenp2m-scan".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
-                if nice > 0, let tid = currentThreadID() {
-                    _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), nice)
-                }
-                once.resume(body())
+    await awaitUnlessCancelled { resume in
+        Thread {
+            // Foundation's Thread.name does not reach the kernel here, and glibc's
+            // pthread_setname_np is not visible to Swift; ps, top and perf show comm.
+            try? "xenp2m-scan".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
+            if nice > 0, let tid = currentThreadID() {
+                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), nice)
             }
-            t.start()
-        }
-    } onCancel: {
-        once.resume(nil)
+            resume(body())
+        }.start()
     }
 }
 
@@ -553,23 +543,6 @@ func currentThreadID() -> Int32? {
     guard n > 0 else { return nil }
     let link = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return link.split(separator: "/").last.flatMap { Int32($0) }
-}
-
-/// A value behind a lock, for state an actor publishes to non-isolated readers.
-final class LockedBox<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: T
-
-    init(_ v: T) { value = v }
-
-    func get() -> T {
-        lock.lock(); defer { lock.unlock() }
-        return value
-    }
-
-    func set(_ v: T) {
-        lock.lock(); value = v; lock.unlock()
-    }
 }
 
 private final class ResumeOnce<T: Sendable>: @unchecked Sendable {

@@ -58,7 +58,7 @@ struct BitmapReuseTests {
         #expect(big.covers(maxMFN: 1 << 22))
         pool.give(big)
         // The smaller one was dropped when the size changed.
-        #expect(pool.idleBytes == big.mappedBytes + big.chunkCount)
+        #expect(pool.idleBytes == big.footprint)
     }
 
     @Test func concurrentScansOnOneScannerAgree() async throws {
