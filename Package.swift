@@ -2,11 +2,14 @@
 // xenp2m: P2M consistency monitor for Xen PV guests.
 //
 // Layers (dependencies point down only):
-//   xenp2md, xenp2mctl        executables (daemon, CLI)
-//   XenP2MDaemon              service, socket API, metrics (NIO lives here and above)
+//   xenp2md, xenp2mctl        executables (daemon, CLI); xenp2md picks the backend
+//   XenP2MDaemon              service, socket API, metrics (NIO lives here and above);
+//                             scans any P2MHost it is handed, knows no backend
 //   P2MXen | P2MSimulator     host backends: real Xen via the shim, simulated host
+//   | P2MDumpCore             (and dump-core files, offline)
 //   P2MEngine                 walkers, checks, report; no Xen headers, no networking
 //   CXenCtrl                  the only code that includes xenctrl.h
+//   P2MConfig                 YAML reading with file:line:key errors (daemon config, scenarios)
 import PackageDescription
 
 let package = Package(
@@ -46,9 +49,15 @@ let package = Package(
             name: "P2MEngine",
             path: "Sources/P2MEngine"
         ),
+        // Typed YAML reading shared by the daemon's config and the simulator's scenarios.
+        .target(
+            name: "P2MConfig",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            path: "Sources/P2MConfig"
+        ),
         .target(
             name: "P2MSimulator",
-            dependencies: ["P2MEngine", .product(name: "Yams", package: "Yams")],
+            dependencies: ["P2MEngine", "P2MConfig"],
             path: "Sources/P2MSimulator"
         ),
         .target(
@@ -72,7 +81,7 @@ let package = Package(
         .target(
             name: "XenP2MDaemon",
             dependencies: [
-                "P2MEngine", "P2MSimulator", "P2MXen", "XenP2MAPI",
+                "P2MEngine", "P2MConfig", "XenP2MAPI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -88,9 +97,10 @@ let package = Package(
         .executableTarget(
             name: "xenp2md",
             dependencies: [
-                "P2MEngine", "XenP2MDaemon",
+                "P2MEngine", "XenP2MDaemon", "P2MXen", "P2MSimulator", "P2MConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Sources/xenp2md"
         ),
@@ -132,7 +142,7 @@ let package = Package(
         ),
         .testTarget(
             name: "P2MEngineTests",
-            dependencies: ["P2MEngine", "P2MSimulator", "P2MFuzzSupport"],
+            dependencies: ["P2MEngine", "P2MSimulator", "P2MConfig", "P2MFuzzSupport"],
             path: "Tests/P2MEngineTests"
         ),
         .testTarget(
@@ -150,7 +160,7 @@ let package = Package(
         .testTarget(
             name: "XenP2MDaemonUnitTests",
             dependencies: [
-                "XenP2MDaemon", "P2MSimulator", "P2MEngine", "XenP2MAPI",
+                "XenP2MDaemon", "P2MSimulator", "P2MConfig", "P2MEngine", "XenP2MAPI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],

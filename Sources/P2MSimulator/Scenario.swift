@@ -1,4 +1,5 @@
 import Foundation
+import P2MConfig
 import P2MEngine
 
 /// Live ballooning of a simulated guest: each `tick` moves it one step between bounds.

@@ -111,7 +111,7 @@ struct API: Sendable {
                     guard let peer, peer.mayControl(group: controlGroup()) else {
                         return .error(.forbidden, "forbidden", "triggering a scan needs root or membership in the socket's group")
                     }
-                    let defaultTimeout = await monitor.config.scanTimeoutSeconds
+                    let defaultTimeout = monitor.settings.config.scanTimeoutSeconds
                     var timeout = defaultTimeout
                     if let t = query["timeout"] {
                         guard let v = Double(t), v > 0, v <= 3600 else {

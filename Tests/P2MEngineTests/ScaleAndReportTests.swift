@@ -1,4 +1,5 @@
 import Foundation
+import P2MConfig
 import Testing
 @testable import P2MEngine
 @testable import P2MSimulator

@@ -16,7 +16,7 @@ import XenP2MAPI
         let hub = EventHub(log: nil)
         var config = DaemonConfig()
         config.scanBudgetFramesPerSecond = 0
-        return (Monitor(host: host, tick: nil, config: config, hub: hub, metrics: metrics, logger: Logger(label: "test")), hub)
+        return (Monitor(host: host, settings: LiveSettings(config, group: nil), hub: hub, metrics: metrics, logger: Logger(label: "test")), hub)
     }
 
     func events(_ hub: EventHub) -> [DaemonEvent] { hub.subscribe(since: 0, follow: false).backlog }

@@ -1,5 +1,5 @@
 import Foundation
-import P2MSimulator
+import P2MConfig
 import Testing
 @testable import XenP2MDaemon
 

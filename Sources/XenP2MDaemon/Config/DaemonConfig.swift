@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import P2MSimulator
+import P2MConfig
 import XenP2MAPI
 
 public enum BackendKind: String, Sendable, Equatable, CaseIterable {

@@ -62,7 +62,7 @@ struct XenP2Md: AsyncParsableCommand {
             if once {
                 let c = try Daemon.configuration(file: config, overrides: overrides)
                 LogLevelBox.shared.value = c.logLevel
-                let reports = try Daemon.scanOnce(c, logger: logger)
+                let reports = try Daemon.scanOnce(c, backends: backends, logger: logger)
                 if json {
                     let data = (try? P2MReport.encoder().encode(reports)) ?? Data()
                     FileHandle.standardOutput.write(data + Data("\n".utf8))
@@ -71,7 +71,7 @@ struct XenP2Md: AsyncParsableCommand {
                 }
                 return
             }
-            try await Daemon.run(configFile: config, overrides: overrides, logger: logger)
+            try await Daemon.run(configFile: config, overrides: overrides, backends: backends, logger: logger)
         } catch {
             FileHandle.standardError.write(Data("xenp2md: \(error.message)\n".utf8))
             throw ExitCode(error.exitCode)
