@@ -3,7 +3,9 @@
 #   1. every Swift test target (engine, simulator, Xen backend, dump-core, daemon end to end),
 #   2. a one-minute smoke of the guest-memory fuzzer,
 #   3. the socket-abuse and process-fault suite against the real daemon,
-#   4. the real-Xen test bed (Xen 4.17 + Linux PV guests under QEMU).
+#   4. the alert rules' unit tests (promtool) and a real Prometheus + Alertmanager against
+#      three daemons on loopback (scripts/prometheus-test.sh, about a minute),
+#   5. the real-Xen test bed (Xen 4.17 + Linux PV guests under QEMU).
 # XENP2M_TEST_QUICK=1 runs only stage 1; XENP2M_TESTBED_BIG=0 skips the test bed's
 # large-memory boot. Any failing stage fails the run; all stages run regardless.
 set -uo pipefail
@@ -28,6 +30,7 @@ stage "swift tests" bash -c 'swift build --build-tests && swift test --skip-buil
 if [ "${XENP2M_TEST_QUICK:-0}" != 1 ]; then
   stage "fuzz smoke (60 s)" bash scripts/fuzz.sh 60
   stage "socket abuse and process faults" bash scripts/abuse.sh
+  stage "Prometheus and Alertmanager (rule tests, three hosts)" bash scripts/prometheus-test.sh
   stage "real-Xen test bed" bash scripts/testbed/run.sh
 fi
 

@@ -65,7 +65,7 @@ public enum Daemon {
         let registry = PrometheusCollectorRegistry()
         let factory = PrometheusMetricsFactory(registry: registry)
         MetricsSystem.bootstrap(factory)
-        let metrics = DaemonMetrics(registry: registry, factory: factory)
+        let metrics = DaemonMetrics(registry: registry)
         let hub = EventHub(log: log)
 
         var group: gid_t? = config.socketGroup.flatMap(groupID)

@@ -129,7 +129,7 @@ final class DaemonEndToEndTests: XCTestCase {
 
         let metrics = try ctl(d, "metrics")
         XCTAssertEqual(metrics.status, 0)
-        XCTAssertTrue(metrics.stdout.contains("xenp2m_domain_severity_level{domid=\"6\",name=\"broken\"} 3"), metrics.stdout)
+        XCTAssertTrue(metrics.stdout.contains("xenp2m_domain_severity_level{domid=\"6\",name=\"broken\",uuid=\"c64faa56-4b77-4b38-b68d-1b025ec13a70\"} 3"), metrics.stdout)
 
         let watch = try ctl(d, "watch", "--since", "0", "--no-follow", "--json")
         XCTAssertEqual(watch.status, 0, watch.stderr)
@@ -242,11 +242,12 @@ final class DaemonEndToEndTests: XCTestCase {
         for name in ["xenp2m_domain_severity_level", "xenp2m_domain_p2m_entries", "xenp2m_domain_findings", "xenp2m_domain_p2m_levels",
                      "xenp2m_domain_max_pfn_published_pages", "xenp2m_domain_p2m_generation", "xenp2m_domain_last_scan_timestamp_seconds",
                      "xenp2m_domain_scan_duration_seconds", "xenp2m_domain_migration_ready", "xenp2m_scans_total",
-                     "xenp2m_scan_errors_total", "xenp2m_poll_cycle_duration_seconds", "xenp2m_budget_throttled_seconds"] {
+                     "xenp2m_scan_errors_total", "xenp2m_poll_cycle_duration_seconds", "xenp2m_budget_throttled_seconds_total"] {
             XCTAssertTrue(text.contains("# TYPE \(name) "), "no TYPE for \(name)")
+            XCTAssertTrue(text.contains("# HELP \(name) "), "no HELP for \(name)")
         }
         XCTAssertTrue(text.contains("# HELP xenp2m_domain_severity_level "))
-        XCTAssertTrue(text.contains("xenp2m_domain_findings{domid=\"6\",name=\"broken\",kind=\"m2p_mismatch\"} 2"), text)
+        XCTAssertTrue(text.contains("xenp2m_domain_findings{domid=\"6\",name=\"broken\",uuid=\"c64faa56-4b77-4b38-b68d-1b025ec13a70\",kind=\"m2p_mismatch\"} 2"), text)
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             XCTAssertTrue(line.hasPrefix("xenp2m_"), String(line))
         }

@@ -12,7 +12,7 @@ import XenP2MAPI
 @Suite struct LifecycleTests {
     func monitor(_ host: SimulatedHost) -> (Monitor, EventHub) {
         let registry = PrometheusCollectorRegistry()
-        let metrics = DaemonMetrics(registry: registry, factory: PrometheusMetricsFactory(registry: registry))
+        let metrics = DaemonMetrics(registry: registry)
         let hub = EventHub(log: nil)
         var config = DaemonConfig()
         config.scanBudgetFramesPerSecond = 0
