@@ -14,7 +14,7 @@ import Testing
         let metrics = DaemonMetrics(registry: PrometheusCollectorRegistry())
         var config = DaemonConfig()
         config.scanBudgetFramesPerSecond = 0
-        let m = Monitor(host: host, tick: nil, config: config, hub: EventHub(log: nil), metrics: metrics, logger: Logger(label: "test"))
+        let m = Monitor(host: host, settings: LiveSettings(config, group: nil), hub: EventHub(log: nil), metrics: metrics, logger: Logger(label: "test"))
         return (m, metrics)
     }
 
