@@ -216,6 +216,24 @@ int xp2m_domain_info(xp2m_handle *h, uint32_t domid, xp2m_dominfo *out)
     return 0;
 }
 
+int xp2m_own_xenstore_value(xp2m_handle *h, const char *key, char *buf, size_t len)
+{
+    unsigned int n = 0;
+    char *v;
+
+    if (!h || !key || key[0] == '/' || !buf || len == 0)
+        return EINVAL;
+    if (!h->xsh)
+        return ENOTCONN;
+    /* xenstored resolves a relative path below the connection's own domain. */
+    v = xs_read(h->xsh, XBT_NULL, key, &n);
+    if (!v)
+        return err_or(ENOENT);
+    snprintf(buf, len, "%.*s", (int)n, v);
+    free(v);
+    return 0;
+}
+
 int xp2m_guest_width(xp2m_handle *h, uint32_t domid, uint32_t *width_bytes)
 {
     unsigned int w = 0;

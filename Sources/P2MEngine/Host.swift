@@ -32,9 +32,13 @@ public struct DomainInfo: Sendable, Equatable {
     public var sharedInfoFrame: UInt64
     /// The domain handle (UUID) as Xen reports it; a new UUID on a known domid means reuse.
     public var uuid: [UInt8]
+    /// The domain the backend itself runs in (dom0, for xenp2md on Xen). Xen refuses
+    /// foreign mappings of the calling domain, so its P2M cannot be read: the scanner
+    /// reports it not applicable instead of failing.
+    public var isCaller: Bool
 
     public init(domid: DomID, type: DomainType, dying: Bool = false, shutdown: Bool = false, paused: Bool = false,
-                totPages: UInt64, maxPages: UInt64, sharedInfoFrame: UInt64, uuid: [UInt8]) {
+                totPages: UInt64, maxPages: UInt64, sharedInfoFrame: UInt64, uuid: [UInt8], isCaller: Bool = false) {
         self.domid = domid
         self.type = type
         self.dying = dying
@@ -44,6 +48,7 @@ public struct DomainInfo: Sendable, Equatable {
         self.maxPages = maxPages
         self.sharedInfoFrame = sharedInfoFrame
         self.uuid = uuid
+        self.isCaller = isCaller
     }
 
     public var uuidString: String {

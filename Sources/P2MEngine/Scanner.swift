@@ -74,6 +74,11 @@ public final class P2MScanner: @unchecked Sendable {
     }
 
     private func scan(info: DomainInfo) throws(HostError) -> P2MReport {
+        guard !info.isCaller else {
+            return baseReport(info, severity: .notApplicable, verdict: MigrationReadiness(
+                verdict: .notApplicable,
+                reason: "domain \(info.domid) is the domain this check runs in: Xen refuses foreign mappings of the calling domain, so its own P2M cannot be read (nor is it ever saved or migrated)"))
+        }
         guard info.type == .pv else {
             return baseReport(info, severity: .notApplicable, verdict: MigrationReadiness(
                 verdict: .notApplicable,

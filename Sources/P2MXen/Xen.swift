@@ -27,6 +27,8 @@ public final class XenHost: P2MHost, @unchecked Sendable {
     let control: any XenControlInterface
     let handle: XenHandle
     let logger: Logger
+    /// The domain this process runs in: its own P2M is out of reach (see DomainInfo.isCaller).
+    let callerDomid: DomID
     /// Owns the log context the shim holds; must outlive `handle`, so it is released after deinit closes it.
     private let logSink: XenLogSink
 
@@ -47,6 +49,28 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         } catch {
             throw Self.openError(error)
         }
+        callerDomid = Self.callerDomid(control, handle, logger: logger)
+    }
+
+    /// Which domain we are, from our own xenstore directory. Without an answer it is
+    /// domain 0: only the control domain may list and map other domains, and every
+    /// toolstack xenp2m supports (xl/libxl, XAPI) runs it as domain 0.
+    static func callerDomid(_ control: any XenControlInterface, _ handle: XenHandle, logger: Logger) -> DomID {
+        let text: String
+        do {
+            text = try control.ownXenstoreValue(handle, key: "domid")
+        } catch {
+            logger.notice("cannot read this domain's id from xenstore; taking it to be dom0 (domain 0)", metadata: [
+                "error": "\(HostError.system(operation: "read \"domid\" from this domain's xenstore directory", errno: error.code))",
+            ])
+            return 0
+        }
+        guard let d = DomID(text) else {
+            logger.warning("this domain's xenstore \"domid\" is not a domain id; taking it to be dom0 (domain 0)",
+                           metadata: ["value": "\(text)"])
+            return 0
+        }
+        return d
     }
 
     deinit {
@@ -74,7 +98,7 @@ public final class XenHost: P2MHost, @unchecked Sendable {
             let chunk = try call("list domains from domid \(first)") { () throws(ShimErrno) in
                 try control.listDomains(handle, first: first, max: Self.listChunk)
             }
-            result.append(contentsOf: chunk.map(Self.domainInfo))
+            result.append(contentsOf: chunk.map { Self.domainInfo($0, caller: callerDomid) })
             // A short chunk is the end. The domid checks only guard against a list that
             // does not advance, which would otherwise loop forever.
             guard chunk.count >= Int(Self.listChunk), let last = chunk.last?.domid,
@@ -90,7 +114,7 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         }
         // getinfolist answers with the next domain at or above domid; only an exact match counts.
         guard raw.domid == domid else { throw .domainNotFound(domid) }
-        return Self.domainInfo(raw)
+        return Self.domainInfo(raw, caller: callerDomid)
     }
 
     public func guestWidth(_ domid: DomID) throws(HostError) -> GuestWidth {
@@ -177,7 +201,7 @@ public final class XenHost: P2MHost, @unchecked Sendable {
 
     // MARK: Translation
 
-    static func domainInfo(_ raw: RawDomainInfo) -> DomainInfo {
+    static func domainInfo(_ raw: RawDomainInfo, caller: DomID? = nil) -> DomainInfo {
         let type: DomainType
         if raw.flags.contains(.pvh) {
             type = .pvh
@@ -189,7 +213,7 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         return DomainInfo(domid: raw.domid, type: type, dying: raw.flags.contains(.dying),
                           shutdown: raw.flags.contains(.shutdown), paused: raw.flags.contains(.paused),
                           totPages: raw.totPages, maxPages: raw.maxPages, sharedInfoFrame: raw.sharedInfoFrame,
-                          uuid: raw.handle)
+                          uuid: raw.handle, isCaller: raw.domid == caller)
     }
 
     /// Runs one shim call, turning its errno into a HostError that names the attempt.

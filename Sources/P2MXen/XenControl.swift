@@ -88,6 +88,8 @@ protocol XenControlInterface: Sendable {
     func mapM2P(_ h: XenHandle, maxMFN: UInt64) throws(ShimErrno) -> MappedM2P
     func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno)
     func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String
+    /// A key of the calling domain's own xenstore directory ("domid": which domain we are).
+    func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String
     func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32
 }
 
@@ -179,6 +181,13 @@ struct ShimControl: XenControlInterface {
     func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String {
         var buf = [CChar](repeating: 0, count: Self.nameBufferSize)
         try check(buf.withUnsafeMutableBufferPointer { xp2m_domain_name(h, domid, $0.baseAddress, $0.count) })
+        let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String {
+        var buf = [CChar](repeating: 0, count: Self.nameBufferSize)
+        try check(buf.withUnsafeMutableBufferPointer { xp2m_own_xenstore_value(h, key, $0.baseAddress, $0.count) })
         let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
         return String(decoding: bytes, as: UTF8.self)
     }

@@ -8,7 +8,7 @@ import Logging
 final class FakeControl: XenControlInterface, @unchecked Sendable {
     enum Op: Hashable, Sendable, CaseIterable {
         case open, listDomains, domainInfo, guestWidth, nrGpfns, maxMFN, sharedInfo
-        case mapFrames, unmapFrames, mapM2P, unmapM2P, domainName
+        case mapFrames, unmapFrames, mapM2P, unmapM2P, domainName, ownXenstoreValue
     }
 
     struct LogLine {
@@ -30,6 +30,11 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
     var names: [UInt32: String] = [:]
     var frameErrors: [UInt64: Int32] = [:]
     var m2pEntries = 1024
+    /// The calling domain's own xenstore keys ("domid"); a missing key is ENOENT.
+    var ownXenstore: [String: String] = ["domid": "0"]
+    /// Like Xen, refuse foreign mappings of the calling domain (ESRCH from the
+    /// hypervisor's "cannot specify itself as foreign domain").
+    var refuseMappingDomid: UInt32? = 0
     /// Sent through the shim's log callback while opening / while mapping frames.
     var logsOnOpen: [LogLine] = []
     var logsOnMap: [LogLine] = []
@@ -109,6 +114,7 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
 
     func readSharedInfoPage(_ h: XenHandle, domid: UInt32, frame: UInt64) throws(ShimErrno) -> [UInt8] {
         try enter(.sharedInfo, h)
+        if domid == refuseMappingDomid { throw ShimErrno(ESRCH) }
         var page = [UInt8](repeating: 0, count: 4096)
         page[0] = UInt8(truncatingIfNeeded: domid)
         page[1] = UInt8(truncatingIfNeeded: frame)
@@ -118,6 +124,7 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
     /// Page i of a mapping starts with mfns[i] as a little-endian UInt64.
     func mapFrames(_ h: XenHandle, domid: UInt32, mfns: UnsafeBufferPointer<UInt64>) throws(ShimErrno) -> MappedFrames {
         try enter(.mapFrames, h)
+        if domid == refuseMappingDomid { throw ShimErrno(ESRCH) }
         send(logsOnMap)
         let base = UnsafeMutableRawPointer.allocate(byteCount: mfns.count * 4096, alignment: 4096)
         base.initializeMemory(as: UInt8.self, repeating: 0, count: mfns.count * 4096)
@@ -160,6 +167,12 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
         try enter(.domainName, h)
         guard let n = names[domid] else { throw ShimErrno(ENOENT) }
         return n
+    }
+
+    func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String {
+        try enter(.ownXenstoreValue, h)
+        guard let v = ownXenstore[key] else { throw ShimErrno(ENOENT) }
+        return v
     }
 
     func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 {

@@ -323,6 +323,7 @@ struct XenHostListTests {
                 try inner.unmapM2P(base: base, mappedBytes: mappedBytes)
             }
             func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String { try inner.domainName(h, domid: domid) }
+            func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String { try inner.ownXenstoreValue(h, key: key) }
             func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 { inner.sharedInfoArchOffset(widthBytes: widthBytes) }
         }
         let control = FailSecond()

@@ -71,6 +71,13 @@ void xp2m_close(xp2m_handle *h);
 int xp2m_list_domains(xp2m_handle *h, uint32_t first, xp2m_dominfo *out, uint32_t max, uint32_t *n_out);
 /* ESRCH when the domain does not exist (any more). */
 int xp2m_domain_info(xp2m_handle *h, uint32_t domid, xp2m_dominfo *out);
+/*
+ * Reads key relative to the calling domain's own xenstore directory
+ * (/local/domain/<caller's domid>/key; xen-init-dom0 writes "domid" for dom0) into buf,
+ * NUL-terminated and truncated to len - 1 bytes. ENOENT when the key is missing,
+ * ENOTCONN when xenstored could not be reached at open.
+ */
+int xp2m_own_xenstore_value(xp2m_handle *h, const char *key, char *buf, size_t len);
 int xp2m_guest_width(xp2m_handle *h, uint32_t domid, uint32_t *width_bytes);
 int xp2m_nr_gpfns(xp2m_handle *h, uint32_t domid, uint64_t *nr);
 /*

@@ -124,9 +124,7 @@ public actor Monitor {
             gone(domid, rec, why: "destroyed")
         }
         var due: [(DomID, String, UInt64)] = []
-        // Xen refuses foreign mappings of the calling domain, so dom0's own P2M cannot be
-        // read through the privcmd interface: leave it out rather than report a failure.
-        for info in infos where !(info.domid == 0 && host.backendName == "xen") {
+        for info in infos {
             if let rec = records[info.domid], rec.info.uuid != info.uuid {
                 let old = rec.latest?.uuid ?? rec.info.uuidString
                 records[info.domid] = nil
