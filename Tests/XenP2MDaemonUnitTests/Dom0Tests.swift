@@ -45,7 +45,7 @@ final class Dom0Host: P2MHost, @unchecked Sendable {
         try sim.createGuest(.linux(domid: 0, name: "Domain-0", memoryMiB: 64))
         try sim.createGuest(.linux(domid: 3, name: "web", memoryMiB: 32))
         let registry = PrometheusCollectorRegistry()
-        let metrics = DaemonMetrics(registry: registry, factory: PrometheusMetricsFactory(registry: registry))
+        let metrics = DaemonMetrics(registry: registry)
         var config = DaemonConfig()
         config.scanBudgetFramesPerSecond = 0
         let hub = EventHub(log: nil)
@@ -64,5 +64,8 @@ final class Dom0Host: P2MHost, @unchecked Sendable {
         // Not an error anywhere: health's worst severity and the events agree.
         #expect(await m.health().worstSeverity == .ok)
         #expect(!hub.subscribe(since: 0, follow: false).backlog.contains { $0.severity == .error })
+        // The metrics label the domain the backend named as the caller.
+        #expect(metrics.callingDomain == 0)
+        #expect(metrics.text().contains("calling_domain=\"true\""))
     }
 }

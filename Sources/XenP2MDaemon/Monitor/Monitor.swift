@@ -119,6 +119,8 @@ public actor Monitor {
             return
         }
         listingWorked()
+        // The backend names the domain it runs in; the metrics label it.
+        if let caller = infos.first(where: \.isCaller)?.domid { metrics.callingDomain = caller }
         let seen = Set(infos.map(\.domid))
         for (domid, rec) in records where !seen.contains(domid) {
             gone(domid, rec, why: "destroyed")
