@@ -22,9 +22,11 @@ Checks, all through Prometheus's and Alertmanager's HTTP APIs:
      webhook with host, domid, name, the finding kinds and a runbook line;
   4. every expression of every panel in config/grafana-dashboard.json, and every templating
      query, evaluates without error and returns at least one series;
-  5. the fault is cleared (host-c restarted on the repaired fleet): the alert resolves and
+  5. `xenp2mctl fleet --prometheus URL` (table and --json) puts that guest first and exits 2;
+  6. the fault is cleared (host-c restarted on the repaired fleet): the alert resolves and
      the resolved notification arrives;
-  6. host-b's daemon is stopped: XenP2MDaemonDown fires for host-b only, and is delivered.
+  7. host-b's daemon is stopped: XenP2MDaemonDown fires for host-b only, and is delivered;
+     `xenp2mctl fleet` names it as down and exits 3 (UNKNOWN).
 Timings (fault injected -> alert firing -> notification received, and for resolution and
 the down alert) are printed. Every wait is bounded; the last line is
 `prometheus-test: N passed, M failed`.
@@ -79,7 +81,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_until(what, fn, timeout, interval=0.2):
+def wait_until(what, fn, timeout, interval=0.1):
     """Calls fn until it returns a truthy value or `timeout` seconds pass; returns the
     value, or None on timeout (logged)."""
     end = time.monotonic() + timeout
@@ -387,6 +389,60 @@ def check_dashboard():
             result(name, n >= 1, f"{n} series")
 
 
+def check_fleet():
+    """`xenp2mctl fleet` against this Prometheus while host-c's guest 2 is broken."""
+    ctl = os.path.join(ARGS.bin, "xenp2mctl")
+    url = f"http://{LOOPBACK}:{ARGS.prom_port}"
+    p = subprocess.run([ctl, "fleet", "--prometheus", url], capture_output=True, text=True, timeout=30)
+    log("xenp2mctl fleet --prometheus URL:\n" + p.stdout)
+    lines = [l for l in p.stdout.splitlines() if l.strip()]
+    rows = [l.split() for l in lines[1:] if l.startswith("host-")]
+    first = rows[0] if rows else []
+    ok = (p.returncode == 2 and first[:3] == ["host-c", "2", "payroll"] and "critical" in first
+          and lines[-1].startswith("P2M CRITICAL - 3 hosts (0 down), %d guests: 1 critical" % ARGS.guests))
+    result("xenp2mctl fleet: broken guest first, summary line, exit 2", ok,
+           f"exit {p.returncode}; " + " | ".join(lines[:3] + lines[-1:]) + p.stderr.strip())
+    hosts = {r[0] for r in rows}
+    result("xenp2mctl fleet: one row per guest, from every host", hosts == {"host-a", "host-b", "host-c"} and len(rows) == ARGS.guests,
+           f"hosts {sorted(hosts)}, {len(rows)} rows")
+    p = subprocess.run([ctl, "fleet", "--prometheus", url, "--json"], capture_output=True, text=True, timeout=30)
+    try:
+        doc = json.loads(p.stdout)
+        rows = doc["guests"]
+        top = rows[0]
+        ok = (p.returncode == 2 and top["host"] == "host-c" and top["domid"] == 2 and top["name"] == "payroll"
+              and top["severity"] == "critical" and len(rows) == ARGS.guests)
+        detail = f"exit {p.returncode}, {len(rows)} rows (expected {ARGS.guests}), first {top}"
+    except (ValueError, KeyError, IndexError) as e:
+        ok, detail = False, f"exit {p.returncode}: {e}: {p.stdout[:300]} {p.stderr[:300]}"
+    result("xenp2mctl fleet --json", ok, detail)
+    return ok
+
+
+def check_fleet_errors():
+    """Before Prometheus runs: unreachable, and a URL it cannot use, are one line and UNKNOWN."""
+    ctl = os.path.join(ARGS.bin, "xenp2mctl")
+    for url, words in ((f"http://{LOOPBACK}:{ARGS.prom_port}", "cannot connect"), ("https://prometheus.invalid:9090", "only http")):
+        p = subprocess.run([ctl, "fleet", "--prometheus", url], capture_output=True, text=True, timeout=30)
+        err = p.stderr.strip().splitlines()
+        result(f"xenp2mctl fleet --prometheus {url.split(':')[0]}://...: one line, exit 3",
+               p.returncode == 3 and len(err) == 1 and words in err[0] and not p.stdout, f"exit {p.returncode}: {err}")
+
+
+def check_fleet_down():
+    ctl = os.path.join(ARGS.bin, "xenp2mctl")
+    p = subprocess.run([ctl, "fleet", "--prometheus", f"http://{LOOPBACK}:{ARGS.prom_port}", "--json"],
+                       capture_output=True, text=True, timeout=30)
+    try:
+        doc = json.loads(p.stdout)
+        down = [t["host"] for t in doc["targets"] if not t["up"]]
+        ok = down == ["host-b"] and p.returncode == 3
+        detail = f"exit {p.returncode}, down targets {down}"
+    except (ValueError, KeyError) as e:
+        ok, detail = False, f"exit {p.returncode}: {e}: {p.stdout[:300]} {p.stderr[:300]}"
+    result("xenp2mctl fleet: a host that stopped answering is named, exit 3 (UNKNOWN)", ok, detail)
+
+
 # ----------------------------------------------------------------------------- the run
 
 def run():
@@ -404,6 +460,7 @@ def run():
         result("three daemons up", True)
         check_conventions(daemons)
 
+        check_fleet_errors()
         am_dir = os.path.join(ARGS.work, "alertmanager")
         am = Proc("alertmanager", ["prometheus-alertmanager", f"--config.file={alertmanager_config(webhook_port)}",
                                    f"--storage.path={am_dir}", f"--web.listen-address={LOOPBACK}:{ARGS.am_port}",
@@ -467,6 +524,8 @@ def run():
 
         # 4. Every dashboard query on this fleet (the broken guest included).
         check_dashboard()
+        # 5. The fleet view.
+        check_fleet()
 
         # 6. Clear the fault: host-c back on the repaired fleet.
         host_c.stop()
@@ -501,6 +560,7 @@ def run():
                note[1]["annotations"].get("summary", "") if note else "")
         if note:
             TIMINGS.append(("daemon stopped -> down notification received", note[0] - t_down))
+        check_fleet_down()
     finally:
         stop_all()
         hook.stop()

@@ -92,13 +92,7 @@ public struct UnixHTTPClient: Sendable {
         setReceiveTimeout(fd, timeout)
         try sendRequest(fd, method, path, body: body)
         var reader = ResponseReader(fd: fd)
-        let (status, headers) = try reader.readHead()
-        var body = Data()
-        try reader.readBody(headers: headers) {
-            body.append($0)
-            return true
-        }
-        return HTTPResponse(status: status, headers: headers, body: body)
+        return try reader.readResponse()
     }
 
     /// A streamed request: `onLine` gets each complete line of the body as it arrives
@@ -174,7 +168,7 @@ struct ResponseReader {
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 {
                 if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK { throw .io("timed out waiting for xenp2md") }
+                if errno == EAGAIN || errno == EWOULDBLOCK { throw .io("timed out waiting for the answer") }
                 throw .io("recv: \(String(cString: strerror(errno)))")
             }
             if n == 0 { eof = true } else { buffer.append(contentsOf: chunk[0..<n]) }
@@ -208,6 +202,17 @@ struct ResponseReader {
             headers.append((String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
         }
         return (status, headers)
+    }
+
+    /// The whole response: head, then the body to its end.
+    mutating func readResponse() throws(ClientError) -> HTTPResponse {
+        let (status, headers) = try readHead()
+        var body = Data()
+        try readBody(headers: headers) {
+            body.append($0)
+            return true
+        }
+        return HTTPResponse(status: status, headers: headers, body: body)
     }
 
     /// Feeds the body to `sink` as it arrives; `sink` returns false to stop reading.
