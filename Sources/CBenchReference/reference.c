@@ -35,3 +35,17 @@ void xp2m_ref_check32(const uint32_t *entries, uint64_t n, const uint64_t *m2p, 
 {
     REF_BODY(uint32_t, 0xffffffffull, 1ull << 31, 1ull << 30)
 }
+
+/*
+ * The physical floor: read each entry and the M2P entry it names, nothing else. The
+ * clamp keeps a bad entry inside the table without a branch the compiler must keep.
+ */
+uint64_t xp2m_floor64(const uint64_t *entries, uint64_t n, const uint64_t *m2p, uint64_t m2p_len)
+{
+    uint64_t sum = 0, last = m2p_len - 1;
+    for (uint64_t pfn = 0; pfn < n; pfn++) {
+        uint64_t e = entries[pfn];
+        sum += m2p[e < last ? e : last];
+    }
+    return sum;
+}

@@ -17,4 +17,7 @@ void xp2m_ref_check64(const uint64_t *entries, uint64_t n, const uint64_t *m2p, 
                       uint64_t max_mfn, uint64_t *bitmap, xp2m_ref_counts *out);
 void xp2m_ref_check32(const uint32_t *entries, uint64_t n, const uint64_t *m2p, uint64_t m2p_len,
                       uint64_t max_mfn, uint64_t *bitmap, xp2m_ref_counts *out);
+/* The floor: streams the entries and the M2P entries they name, no checks (returns a
+ * sum so the loads cannot be dropped). m2p_len must be > 0. */
+uint64_t xp2m_floor64(const uint64_t *entries, uint64_t n, const uint64_t *m2p, uint64_t m2p_len);
 #endif
