@@ -66,6 +66,7 @@ struct LeafChecker {
         let m2pCount = UInt64(m2p.count)
         let limit = min(maxMFN, m2pCount &- 1)
         let m2pBase = m2p.baseAddress
+        if !probe, let mask = cleanLeaf(entries, firstPfn, count) { return mask }
         var mask: UInt8 = 0
         var valid: UInt64 = 0, invalid: UInt64 = 0, identity: UInt64 = 0, foreign: UInt64 = 0, faulty: UInt64 = 0
 
