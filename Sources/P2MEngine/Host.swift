@@ -129,6 +129,9 @@ public final class FrameMapping: @unchecked Sendable {
     public let count: Int
     /// 0, or the errno for that frame.
     public let errors: [Int32]
+    /// Where each page is, for a backend that lends frames where they already are instead
+    /// of laying them out from `base` (the simulator's zero-copy mode); nil otherwise.
+    private let pages: [UnsafeRawPointer]?
     private let release: () -> Void
 
     public init(base: UnsafeRawPointer, count: Int, errors: [Int32], release: @escaping () -> Void) {
@@ -136,6 +139,17 @@ public final class FrameMapping: @unchecked Sendable {
         self.base = base
         self.count = count
         self.errors = errors
+        self.pages = nil
+        self.release = release
+    }
+
+    /// Frames that stay where they are: page i is `pages[i]` (`base` is the first page).
+    public init(pages: [UnsafeRawPointer], errors: [Int32], release: @escaping () -> Void) {
+        precondition(errors.count == pages.count && !pages.isEmpty)
+        self.base = pages[0]
+        self.count = pages.count
+        self.errors = errors
+        self.pages = pages
         self.release = release
     }
 
@@ -143,7 +157,9 @@ public final class FrameMapping: @unchecked Sendable {
 
     @inline(__always)
     public func page(_ i: Int) -> UnsafeRawPointer? {
-        errors[i] == 0 ? base + i &* pageSize : nil
+        guard errors[i] == 0 else { return nil }
+        if let pages { return pages[i] }
+        return base + i &* pageSize
     }
 }
 
@@ -178,4 +194,12 @@ public protocol P2MHost: AnyObject, Sendable {
     func mapFrames(_ domid: DomID, _ mfns: UnsafeBufferPointer<UInt64>) throws(HostError) -> FrameMapping
     func mapM2P(maxMFN: UInt64) throws(HostError) -> M2PMapping
     func domainName(_ domid: DomID) -> String?
+    /// CPU seconds this process has spent inside the backend's own calls, where the
+    /// backend can tell (the simulator does; on real Xen the cost is the kernel's and
+    /// the hypervisor's): lets a benchmark separate xenp2m's cost from its host's.
+    var backendCPUSeconds: Double? { get }
+}
+
+extension P2MHost {
+    public var backendCPUSeconds: Double? { nil }
 }

@@ -18,6 +18,8 @@ public struct DomainScenario: Sendable {
 /// A simulated fleet as described by a scenario file (YAML; see config/demo-fleet.yaml).
 public struct Scenario: Sendable {
     public var hostMemoryGiB: UInt64
+    /// `host.zero_copy`: map calls lend pages instead of copying them (SimulatedHost.lendsFrames).
+    public var zeroCopy = false
     public var domains: [DomainScenario]
     /// Faults of the host itself (listing domains, mapping the M2P).
     public var hostFaults: [HostFault] = []
@@ -37,9 +39,11 @@ public struct Scenario: Sendable {
         try doc.allowOnly(["host", "domains"])
         var memory: UInt64 = 16
         var hostFaults: [HostFault] = []
+        var zeroCopy = false
         if let host = try doc.map("host") {
-            try host.allowOnly(["memory_gib", "faults"])
+            try host.allowOnly(["memory_gib", "faults", "zero_copy"])
             memory = try host.uint("memory_gib", max: 1 << 20) ?? memory
+            zeroCopy = try host.bool("zero_copy") ?? false
             guard memory >= 1 else { throw host.error("memory_gib", "must be at least 1") }
             for f in try host.list("faults") { hostFaults.append(try hostFault(f)) }
         }
@@ -51,7 +55,9 @@ public struct Scenario: Sendable {
             guard seen.insert(s.spec.domid).inserted else { throw d.error("domid", "domid \(s.spec.domid) appears twice") }
             out.append(s)
         }
-        return Scenario(hostMemoryGiB: memory, domains: out, hostFaults: hostFaults)
+        var s = Scenario(hostMemoryGiB: memory, domains: out, hostFaults: hostFaults)
+        s.zeroCopy = zeroCopy
+        return s
     }
 
     /// errno names a host fault may use (the failures libxenctrl reports for these calls).
@@ -182,7 +188,7 @@ public final class SimulatedFleet: @unchecked Sendable {
 
     public init(_ scenario: Scenario) throws {
         self.scenario = scenario
-        host = SimulatedHost(memoryGiB: scenario.hostMemoryGiB)
+        host = SimulatedHost(memoryGiB: scenario.hostMemoryGiB, zeroCopy: scenario.zeroCopy)
         host.setHostFaults(scenario.hostFaults)
         for d in scenario.domains {
             try host.createGuest(d.spec)

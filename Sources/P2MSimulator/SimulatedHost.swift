@@ -31,22 +31,48 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
     /// an mmap, 256 page faults and an munmap, which made the simulator, not the scanner,
     /// the larger cost of a fleet poll. Real foreign mappings have no such cost.
     let buffers = BufferPool()
+    /// Zero-copy mode: map calls lend the frames' own pages, as a foreign mapping does,
+    /// instead of copying them into a fresh buffer. The mapping then sees the guest's
+    /// later writes (as on real Xen), and frames freed while a mapping is out are only
+    /// released when the last mapping goes (Xen holds a reference on mapped pages).
+    public let lendsFrames: Bool
+    var lentMappings = 0
+    var freedWhileLent: [UnsafeMutableRawPointer] = []
+    /// Thread CPU time spent inside map calls and shared-info reads (the simulator's own
+    /// cost, which real Xen does not charge to xenp2m's user time), and frames handed out.
+    var hostCPUNanos: UInt64 = 0
+    public private(set) var framesLent: UInt64 = 0
+    public private(set) var framesCopied: UInt64 = 0
+    nonisolated(unsafe) static let zeroPage: UnsafeMutableRawPointer = {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
+        return p
+    }()
+    nonisolated(unsafe) static let poisonPage: UnsafeMutableRawPointer = {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
+        p.initializeMemory(as: UInt8.self, repeating: 0xA5, count: pageSize)
+        return p
+    }()
 
-    /// - Parameter frames: machine frames on the host (max MFN = frames - 1).
-    public init(frames: UInt64) {
+    /// - Parameters:
+    ///   - frames: machine frames on the host (max MFN = frames - 1).
+    ///   - zeroCopy: lend pages to map calls instead of copying them (see `lendsFrames`).
+    public init(frames: UInt64, zeroCopy: Bool = false) {
         precondition(frames >= 16 && frames < (1 << 40), "host size out of range")
         frameCount = frames
+        lendsFrames = zeroCopy
         m2p = .allocate(capacity: Int(frames))
         m2p.initialize(repeating: Self.invalidM2P)
         owner = [UInt16](repeating: Self.noOwner, count: Int(frames))
     }
 
-    public convenience init(memoryGiB: UInt64) {
-        self.init(frames: memoryGiB << 18)
+    public convenience init(memoryGiB: UInt64, zeroCopy: Bool = false) {
+        self.init(frames: memoryGiB << 18, zeroCopy: zeroCopy)
     }
 
     deinit {
         for p in contents.values { p.deallocate() }
+        for p in freedWhileLent { p.deallocate() }
         m2p.deallocate()
     }
 
@@ -79,7 +105,9 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
     func freeFrame(_ mfn: UInt64) {
         owner[Int(mfn)] = Self.noOwner
         m2p[Int(mfn)] = Self.invalidM2P
-        if let p = contents.removeValue(forKey: mfn) { p.deallocate() }
+        if let p = contents.removeValue(forKey: mfn) {
+            if lentMappings > 0 { freedWhileLent.append(p) } else { p.deallocate() }
+        }
         unmappable.remove(mfn)
         freeList.append(mfn)
     }
@@ -144,7 +172,9 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
     public func maxMFN() throws(HostError) -> UInt64 { frameCount - 1 }
 
     public func sharedInfoPage(_ domid: DomID, frame: UInt64) throws(HostError) -> [UInt8] {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        let t0 = threadCPUNanos()
+        defer { hostCPUNanos &+= threadCPUNanos() &- t0; lock.unlock() }
         guard let d = domains[domid] else { throw HostError.domainNotFound(domid) }
         guard frame == d.sharedInfoFrame else { throw HostError.system(operation: "map shared info frame \(frame) of domain \(domid)", errno: EPERM) }
         if d.faults.generationAlwaysMoving { d.shared.p2mGeneration &+= 1 }
@@ -154,7 +184,9 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
     }
 
     public func mapFrames(_ domid: DomID, _ mfns: UnsafeBufferPointer<UInt64>) throws(HostError) -> FrameMapping {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        let t0 = threadCPUNanos()
+        defer { hostCPUNanos &+= threadCPUNanos() &- t0; lock.unlock() }
         totalMapCalls += 1
         guard let d = domains[domid] else { throw HostError.domainNotFound(domid) }
         let calls = (mapCalls[domid] ?? 0) + 1
@@ -167,10 +199,26 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
             throw HostError.system(operation: "map \(mfns.count) frames of domain \(domid)", errno: EFAULT)
         }
         let n = mfns.count
-        let bytes = max(1, n) * pageSize
-        let base = buffers.take(bytes)
         var errors = [Int32](repeating: 0, count: n)
         let owned = UInt16(truncatingIfNeeded: domid)
+        if lendsFrames && n > 0 {
+            var pages = [UnsafeRawPointer](repeating: UnsafeRawPointer(Self.poisonPage), count: n)
+            for i in 0..<n {
+                let mfn = mfns[i]
+                if mfn >= frameCount || owner[Int(mfn)] != owned || unmappable.contains(mfn) {
+                    errors[i] = EPERM
+                    continue
+                }
+                // A frame with no content (guest data the simulator does not keep) reads as zeros.
+                pages[i] = UnsafeRawPointer(contents[mfn] ?? Self.zeroPage)
+            }
+            framesLent &+= UInt64(n)
+            lentMappings += 1
+            return FrameMapping(pages: pages, errors: errors) { [self] in returnLent() }
+        }
+        let bytes = max(1, n) * pageSize
+        let base = buffers.take(bytes)
+        framesCopied &+= UInt64(n)
         for i in 0..<n {
             let mfn = mfns[i]
             let dst = base + i * pageSize
@@ -187,6 +235,21 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
         }
         let pool = buffers
         return FrameMapping(base: UnsafeRawPointer(base), count: n, errors: errors) { pool.give(base, bytes) }
+    }
+
+    /// A lent mapping is gone: pages freed meanwhile can go once none is out.
+    private func returnLent() {
+        lock.lock(); defer { lock.unlock() }
+        lentMappings -= 1
+        if lentMappings == 0 {
+            for p in freedWhileLent { p.deallocate() }
+            freedWhileLent.removeAll()
+        }
+    }
+
+    public var backendCPUSeconds: Double? {
+        lock.lock(); defer { lock.unlock() }
+        return Double(hostCPUNanos) / 1e9
     }
 
     public func mapM2P(maxMFN: UInt64) throws(HostError) -> M2PMapping {
@@ -253,6 +316,13 @@ public enum SimError: Error, Equatable, CustomStringConvertible {
         case .cannotInject(let s): return "cannot inject fault: \(s)"
         }
     }
+}
+
+/// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID).
+func threadCPUNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 /// Page-aligned buffers kept for reuse, a few per size.

@@ -217,12 +217,17 @@ public struct HealthStatus: Codable, Sendable, Equatable {
     public var problems: [String]?
     public var domainListing: DomainListingHealth?
     public var incidentLog: IncidentLogHealth?
+    /// CPU seconds the daemon has spent inside its host backend's own calls, where the
+    /// backend measures them (the simulator: its map calls), so a benchmark can tell
+    /// xenp2m's cost from the simulated host's. Absent on real Xen.
+    public var backendCpuSeconds: Double?
 
     public init(status: String, pid: Int32, backend: String, uptimeSeconds: Double, polls: UInt64, lastPollAt: Date?,
                 lastPollDurationMs: Double?, domains: Int, worstSeverity: Severity?, incidents: UInt64,
                 lastEventSeq: UInt64, configFile: String?, configGeneration: Int, pollIntervalSeconds: Double,
                 concurrentScans: Int, scanBudgetFramesPerSecond: Double, configError: String?,
-                problems: [String]? = nil, domainListing: DomainListingHealth? = nil, incidentLog: IncidentLogHealth? = nil) {
+                problems: [String]? = nil, domainListing: DomainListingHealth? = nil, incidentLog: IncidentLogHealth? = nil,
+                backendCpuSeconds: Double? = nil) {
         self.status = status
         self.pid = pid
         self.backend = backend
@@ -243,5 +248,6 @@ public struct HealthStatus: Codable, Sendable, Equatable {
         self.problems = problems
         self.domainListing = domainListing
         self.incidentLog = incidentLog
+        self.backendCpuSeconds = backendCpuSeconds
     }
 }

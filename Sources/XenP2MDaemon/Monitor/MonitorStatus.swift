@@ -23,7 +23,7 @@ extension Monitor {
             lastEventSeq: hub.lastSeq, configFile: settings.file, configGeneration: settings.generation,
             pollIntervalSeconds: config.pollIntervalSeconds, concurrentScans: config.concurrentScans,
             scanBudgetFramesPerSecond: config.scanBudgetFramesPerSecond, configError: settings.refusal,
-            problems: problems, domainListing: listing.state, incidentLog: log)
+            problems: problems, domainListing: listing.state, incidentLog: log, backendCpuSeconds: host.backendCPUSeconds)
     }
 
     /// One line for systemd's STATUS=.
