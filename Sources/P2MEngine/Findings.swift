@@ -4,6 +4,8 @@ struct FindingCollector {
     private var counts = [UInt64](repeating: 0, count: FindingKind.allCases.count)
     private var samples = [[FindingSample]](repeating: [], count: FindingKind.allCases.count)
     let sampleLimit: Int
+    /// Findings added so far, all kinds (lets a caller tell whether a step found any).
+    private(set) var total: UInt64 = 0
 
     private static let index: [FindingKind: Int] = {
         var d: [FindingKind: Int] = [:]
@@ -16,6 +18,7 @@ struct FindingCollector {
     mutating func add(_ kind: FindingKind, _ sample: @autoclosure () -> FindingSample) {
         let i = Self.index[kind]!
         counts[i] &+= 1
+        total &+= 1
         if samples[i].count < sampleLimit { samples[i].append(sample()) }
     }
 
@@ -24,6 +27,7 @@ struct FindingCollector {
         guard n > 0 else { return }
         let i = Self.index[kind]!
         counts[i] &+= n
+        total &+= n
         if samples[i].count < sampleLimit { samples[i].append(sample) }
     }
 

@@ -172,6 +172,10 @@ public struct ScanStats: Codable, Sendable, Equatable {
     public var bytesRead: UInt64 = 0
     public var retries: Int = 0
     public var durationMs: Double = 0
+    /// Incremental scans only: leaves found unchanged and clean whose remembered check
+    /// stood in for the per-entry check (see poll.full_verify_seconds). Nil for a scan
+    /// that checked every entry.
+    public var leavesReused: UInt64?
     public init() {}
 }
 

@@ -14,6 +14,11 @@ public struct ScanOptions: Sendable, Equatable {
     public var pagingLevels64: Int = 4
     /// Cells in the report's pfn map.
     public var mapCells: Int = 1024
+    /// Incremental verification (LeafMemo.swift): 1 checks every entry in every scan; N > 1
+    /// checks per entry only the leaves that changed, had findings or are due, so that
+    /// every entry is verified against the M2P at least once every N scans of a domain.
+    /// Every leaf is still read in every scan. Ignored when probing data frames.
+    public var verifyPeriodScans: Int = 1
 
     public init() {}
 }
@@ -25,6 +30,9 @@ public final class P2MScanner: @unchecked Sendable {
     /// Duplicate-detection bitmaps reused between scans by this scanner (one per
     /// concurrent scan); see MFNBitmapPool.relax for giving their memory back.
     public let bitmaps = MFNBitmapPool()
+    /// What incremental scans remember per domain, and the key of their fingerprints.
+    let memos = LeafMemoStore()
+    let fingerprint = LeafFingerprint()
 
     /// 2^30 pfns = 4 TiB of pseudo-physical space.
     public static let pfnSpaceAlwaysAllowed: UInt64 = 1 << 30
@@ -35,14 +43,17 @@ public final class P2MScanner: @unchecked Sendable {
     }
 
     /// Scans one domain. Never throws: host failures become a report with severity `error`.
-    public func scan(_ domid: DomID) -> P2MReport {
+    /// - Parameter verifyAll: check every entry even in incremental mode (an operator's
+    ///   explicit request), refreshing what later incremental scans rely on.
+    public func scan(_ domid: DomID, verifyAll: Bool = false) -> P2MReport {
         let clock = ContinuousClock()
         let start = clock.now
         var report: P2MReport
         do {
             let info = try host.domainInfo(domid)
-            report = try scan(info: info)
+            report = try scan(info: info, verifyAll: verifyAll)
         } catch {
+            if error.isDomainGone { memos.forget(domid) }
             report = errorReport(domid: domid, info: nil, error: error)
         }
         report.stats.durationMs = Self.ms(clock.now - start)
@@ -73,7 +84,10 @@ public final class P2MScanner: @unchecked Sendable {
         return r
     }
 
-    private func scan(info: DomainInfo) throws(HostError) -> P2MReport {
+    /// Drops what incremental scans remember of domains not in `domids` (gone ones).
+    public func retainMemory(of domids: Set<DomID>) { memos.retain(domids) }
+
+    private func scan(info: DomainInfo, verifyAll: Bool) throws(HostError) -> P2MReport {
         guard !info.isCaller else {
             return baseReport(info, severity: .notApplicable, verdict: MigrationReadiness(
                 verdict: .notApplicable,
@@ -95,6 +109,17 @@ public final class P2MScanner: @unchecked Sendable {
                                    errno: ERANGE)
         }
 
+        // Incremental mode: this scan's share of re-verification and the memo it updates
+        // (put back only when the scan completes).
+        var pass: IncrementalPass?
+        if options.verifyPeriodScans > 1 && !options.probeDataFrames {
+            var memo = memos.take(info.domid)
+            if memo?.fits(uuid: info.uuid, width: width, maxMFN: maxMFN) != true {
+                memo = LeafMemo(uuid: info.uuid, width: width, maxMFN: maxMFN)
+            }
+            pass = IncrementalPass(memo: memo!, fingerprint: fingerprint, period: verifyAll ? 1 : options.verifyPeriodScans)
+        }
+
         var attempt: Attempt
         var retries = 0
         var unstable = false
@@ -108,7 +133,7 @@ public final class P2MScanner: @unchecked Sendable {
                 }
                 unstable = true
             }
-            attempt = try walkAndCheck(info: info, width: width, maxMFN: maxMFN, nrGpfns: nrGpfns, m2p: m2p, si: before)
+            attempt = try walkAndCheck(info: info, width: width, maxMFN: maxMFN, nrGpfns: nrGpfns, m2p: m2p, si: before, pass: pass)
             let after = try readSharedInfo(info, width)
             attempt.generation = GenerationInfo(before: before.p2mGeneration, after: after.p2mGeneration)
             let moved = after.p2mGeneration != before.p2mGeneration || !after.sameLayout(as: before) || after.p2mGeneration & 1 == 1
@@ -144,6 +169,10 @@ public final class P2MScanner: @unchecked Sendable {
         r.pfnMap = attempt.pfnMap
         r.stats = attempt.session.stats
         r.stats.retries = retries
+        if let pass {
+            r.stats.leavesReused = pass.reused
+            memos.put(info.domid, pass.memo)
+        }
         r.severity = r.findings.map(\.severity).max() ?? .ok
         r.migration = migration(r, attempt)
         return r
@@ -193,17 +222,19 @@ public final class P2MScanner: @unchecked Sendable {
         var generation: GenerationInfo?
         var pfnMap: PfnMap?
         var fllIsInvalid = false
+        let pass: IncrementalPass?
 
-        init(findings: FindingCollector, session: HostSession) {
+        init(findings: FindingCollector, session: HostSession, pass: IncrementalPass?) {
             self.findings = findings
             self.session = session
+            self.pass = pass
         }
     }
 
     private func walkAndCheck(info: DomainInfo, width: GuestWidth, maxMFN: UInt64, nrGpfns: UInt64?, m2p: M2PMapping,
-                              si: ArchSharedInfo) throws(HostError) -> Attempt {
+                              si: ArchSharedInfo, pass: IncrementalPass?) throws(HostError) -> Attempt {
         let a = Attempt(findings: FindingCollector(sampleLimit: options.sampleLimit),
-                        session: HostSession(host: host, domid: info.domid, batchFrames: options.batchFrames))
+                        session: HostSession(host: host, domid: info.domid, batchFrames: options.batchFrames), pass: pass)
         let fpp = UInt64(width.fpp)
 
         // Bound the guest's max_pfn before it sizes anything. Xen's max_pages is not the
@@ -352,6 +383,8 @@ public final class P2MScanner: @unchecked Sendable {
             let first = UInt64(leaf) &* UInt64(fpp)
             return Int(min(UInt64(fpp), effective &- first))
         }
+        let pass = a.pass
+        pass?.begin(leafCount: nLeaves)
 
         /// A leaf frame that refused to map: its entries are unknown.
         func leafUnmappable(_ leaf: Int, _ m: UInt64, errno err: Int32) {
@@ -360,6 +393,7 @@ public final class P2MScanner: @unchecked Sendable {
             checker.counts.faulty &+= UInt64(entriesIn(leaf))
             a.populatedKnown = false
             masks[leaf / leavesPerCell] |= PfnMap.Bit.unreadable
+            pass?.forget(leaf)
         }
 
         var i = 0
@@ -370,6 +404,7 @@ public final class P2MScanner: @unchecked Sendable {
             while i < nLeaves && mfns.count < a.session.batchFrames {
                 let m = w.leaves[i]
                 let n = entriesIn(i)
+                if pass != nil && (m == unreadableLeaf || isShared(m)) { pass!.forget(i) }
                 if m == unreadableLeaf {
                     checker.counts.faulty &+= UInt64(n)
                     a.populatedKnown = false
@@ -418,7 +453,31 @@ public final class P2MScanner: @unchecked Sendable {
                     }
                     sharedState[m] = .misused
                 }
-                masks[cell] |= checker.check(page: page, firstPfn: UInt64(leaf) &* UInt64(fpp), count: n, findings: &a.findings)
+                guard let pass, !isShared(m) else {
+                    masks[cell] |= checker.check(page: page, firstPfn: UInt64(leaf) &* UInt64(fpp), count: n, findings: &a.findings)
+                    continue
+                }
+                let fp = pass.fingerprint.of(page, bytes: n &* width.bytes)
+                if let r = pass.reusable(leaf, mfn: m, entries: n, fp: fp) {
+                    // Clean: every entry in a valid form passed, so populated == valid.
+                    checker.counts.valid &+= UInt64(r.valid)
+                    checker.counts.invalid &+= UInt64(r.invalid)
+                    checker.counts.identity &+= UInt64(r.identity)
+                    checker.counts.foreign &+= UInt64(r.foreign)
+                    checker.populated &+= UInt64(r.valid)
+                    masks[cell] |= r.mask
+                    pass.reused &+= 1
+                    continue
+                }
+                let before = checker.counts, seen = a.findings.total
+                let mask = checker.check(page: page, firstPfn: UInt64(leaf) &* UInt64(fpp), count: n, findings: &a.findings)
+                masks[cell] |= mask
+                var delta = EntryCounts()
+                delta.valid = checker.counts.valid &- before.valid
+                delta.invalid = checker.counts.invalid &- before.invalid
+                delta.identity = checker.counts.identity &- before.identity
+                delta.foreign = checker.counts.foreign &- before.foreign
+                pass.remember(leaf, mfn: m, entries: n, fp: fp, counts: delta, mask: mask, clean: a.findings.total == seen)
             }
             if checker.pendingProbe.count >= 4 * a.session.batchFrames { try flushProbe(&checker, a) }
         }
