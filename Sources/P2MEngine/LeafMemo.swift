@@ -176,3 +176,17 @@ final class LeafMemoStore: @unchecked Sendable {
         return memos.count
     }
 }
+
+/// How many incremental scans of a domain may pass before a change shows up as its
+/// finding, with `period` = ScanOptions.verifyPeriodScans (README "Detection latency").
+public enum DetectionLatency {
+    /// A change the guest makes to its P2M (an entry, a leaf, the structure, the shared
+    /// info): the next scan reads every leaf and checks every changed one.
+    public static let p2mChange = 1
+
+    /// A change of Xen's M2P alone (the P2M entry still names the same frame): the next
+    /// scan that re-verifies the entry's leaf, at most `period` scans away. So is the
+    /// duplicate_mfn attribution of a frame newly named twice (its m2p_mismatch half is
+    /// a P2M change, reported at the next scan).
+    public static func m2pOnlyChange(period: Int) -> Int { max(1, period) }
+}
