@@ -31,6 +31,18 @@ public struct DaemonConfig: Sendable, Equatable {
     public var sampleLimit: Int = 16
     /// Frames per foreign-map call for P2M leaves.
     public var batchFrames: Int = 256
+    /// Every entry is verified against the M2P at least this often; polls in between
+    /// check per entry only the leaves that changed or had findings (every leaf is still
+    /// read each poll, so any change to a P2M is seen at the next poll). 0 = every poll
+    /// verifies every entry. See README "Detection latency".
+    public var fullVerifySeconds: Double = 600
+
+    /// Polls over which one full verification is spread: the longest gap between two
+    /// polls is interval + jitter, so N such gaps fit in `fullVerifySeconds`.
+    public var verifyPeriodPolls: Int {
+        guard fullVerifySeconds > 0 else { return 1 }
+        return max(1, Int(fullVerifySeconds / (pollIntervalSeconds + pollJitterSeconds)))
+    }
 
     public var socketPath: String = defaultSocketPath
     public var socketMode: UInt32 = 0o660
@@ -79,7 +91,7 @@ public struct DaemonConfig: Sendable, Equatable {
         if let p = try y.map("poll") {
             try p.allowOnly(["interval_seconds", "jitter_seconds", "concurrent_scans", "budget_frames_per_second",
                              "scan_timeout_seconds", "history", "probe_data_frames", "sample_limit", "batch_frames",
-                             "scan_nice"])
+                             "scan_nice", "full_verify_seconds"])
             if let v = try p.double("interval_seconds") {
                 guard v >= 0.1 && v <= 86400 else { throw p.error("interval_seconds", "must be between 0.1 and 86400") }
                 c.pollIntervalSeconds = v
@@ -110,6 +122,10 @@ public struct DaemonConfig: Sendable, Equatable {
             if let v = try p.uint("batch_frames", max: 65536) {
                 guard v >= 1 else { throw p.error("batch_frames", "must be at least 1") }
                 c.batchFrames = Int(v)
+            }
+            if let v = try p.double("full_verify_seconds") {
+                guard v >= 0 && v <= 7 * 86400 else { throw p.error("full_verify_seconds", "must be between 0 (every poll) and 604800") }
+                c.fullVerifySeconds = v
             }
         }
         if let s = try y.map("socket") {

@@ -85,6 +85,7 @@ public actor Monitor {
         o.probeDataFrames = c.probeDataFrames
         o.sampleLimit = c.sampleLimit
         o.batchFrames = c.batchFrames
+        o.verifyPeriodScans = c.verifyPeriodPolls
         return o
     }
 
@@ -122,6 +123,7 @@ public actor Monitor {
         // The backend names the domain it runs in; the metrics label it.
         if let caller = infos.first(where: \.isCaller)?.domid { metrics.callingDomain = caller }
         let seen = Set(infos.map(\.domid))
+        scanner.retainMemory(of: seen)
         for (domid, rec) in records where !seen.contains(domid) {
             gone(domid, rec, why: "destroyed")
         }
@@ -334,7 +336,8 @@ public actor Monitor {
             let uuid = info.uuidString
             let nice = Int32(config.scanNice)
             task = Task {
-                guard let r = await runScan(nice: nice, { scanner.scan(domid) }) else { return nil }
+                // Asked for by name: every entry, whatever the incremental schedule says.
+                guard let r = await runScan(nice: nice, { scanner.scan(domid, verifyAll: true) }) else { return nil }
                 let vanished = r.severity == .error ? !(await self.exists(domid)) : false
                 self.record(r, uuid: uuid, vanished: vanished)
                 self.manualDone(domid)
