@@ -43,6 +43,7 @@ public enum FindingKind: String, Codable, Sendable, CaseIterable {
     case listVaddrInvalid = "list_vaddr_invalid"
     case treeCapacityExceeded = "tree_capacity_exceeded"
     case maxPfnImplausible = "max_pfn_implausible"
+    case p2mFrameOutsidePhysmap = "p2m_frame_outside_physmap"
     // Whole guest
     case p2mNotPublished = "p2m_not_published"
     case p2mUnstable = "p2m_unstable"
@@ -75,6 +76,7 @@ public enum FindingKind: String, Codable, Sendable, CaseIterable {
         case .listVaddrInvalid: return "p2m_vaddr range is non-canonical, misaligned, wraps, or touches Xen's hole"
         case .treeCapacityExceeded: return "max_pfn beyond what the 3-level tree can describe, yet the guest published a tree: only the linear list covers the whole P2M"
         case .maxPfnImplausible: return "published max_pfn far beyond what the domain could own; walk clamped"
+        case .p2mFrameOutsidePhysmap: return "a P2M leaf frame the save path maps is outside the guest's pseudo-physical map (m2p[mfn] names no pfn whose entry is that frame): xl save/migrate fail with \"Bad mfn in p2m_frame_list[N]\""
         case .p2mNotPublished: return "guest has published neither a tree nor a linear list (early boot, or broken)"
         case .p2mUnstable: return "p2m_generation odd or moving across every retry: the guest was changing its P2M mapping"
         case .populatedMismatch: return "number of populated entries differs from the domain's tot_pages"
@@ -248,6 +250,8 @@ public struct P2MReport: Codable, Sendable, Equatable {
     public var stats: ScanStats
     public var pfnMap: PfnMap?
     public var scannedAt: Date
+    /// What the host's toolstack will do with this guest (PV guests only).
+    public var toolstack: ToolstackReport? = nil
 
     public func finding(_ kind: FindingKind) -> Finding? { findings.first { $0.kind == kind } }
     public func count(_ kind: FindingKind) -> UInt64 { finding(kind)?.count ?? 0 }

@@ -19,6 +19,8 @@ public struct ScanOptions: Sendable, Equatable {
     /// every entry is verified against the M2P at least once every N scans of a domain.
     /// Every leaf is still read in every scan. Ignored when probing data frames.
     public var verifyPeriodScans: Int = 1
+    /// Predict what libxenguest's save/migrate/dump-core will do (the report's `toolstack`).
+    public var predictToolstack: Bool = true
 
     public init() {}
 }
@@ -156,7 +158,11 @@ public final class P2MScanner: @unchecked Sendable {
             attempt.findings.add(.populatedMismatch, FindingSample(expected: info.totPages, found: attempt.populated))
         }
 
+        let toolstack = options.predictToolstack
+            ? try predictToolstack(attempt, info: info, width: width, maxMFN: maxMFN, m2p: m2p, nrGpfns: nrGpfns, unstable: unstable) : nil
+
         var r = baseReport(info, severity: .ok, verdict: MigrationReadiness(verdict: .unknown, reason: ""))
+        r.toolstack = toolstack
         r.guestWidthBits = width.bits
         r.primaryFormat = attempt.primary
         r.tree = attempt.tree
@@ -209,7 +215,7 @@ public final class P2MScanner: @unchecked Sendable {
 
     // MARK: - One walk
 
-    private final class Attempt {
+    final class Attempt {
         var findings: FindingCollector
         let session: HostSession
         var tree: FormatInfo?
@@ -223,6 +229,11 @@ public final class P2MScanner: @unchecked Sendable {
         var pfnMap: PfnMap?
         var fllIsInvalid = false
         let pass: IncrementalPass?
+        var shared: ArchSharedInfo?
+        /// max_pfn after the plausibility clamp: bounds the toolstack model's walks too.
+        var walkMaxPfn: UInt64 = 0
+        /// Leaf frames of the walk the entries were checked through.
+        var primaryLeaves: [UInt64] = []
 
         init(findings: FindingCollector, session: HostSession, pass: IncrementalPass?) {
             self.findings = findings
@@ -236,6 +247,7 @@ public final class P2MScanner: @unchecked Sendable {
         let a = Attempt(findings: FindingCollector(sampleLimit: options.sampleLimit),
                         session: HostSession(host: host, domid: info.domid, batchFrames: options.batchFrames), pass: pass)
         let fpp = UInt64(width.fpp)
+        a.shared = si
 
         // Bound the guest's max_pfn before it sizes anything. Xen's max_pages is not the
         // guest's maxmem (a ballooning guest's max_pages is its memory plus slack while
@@ -252,6 +264,7 @@ public final class P2MScanner: @unchecked Sendable {
         if let n = nrGpfns, si.maxPfn != 0, n != si.maxPfn {
             a.findings.add(.maxPfnNrGpfnsMismatch, FindingSample(expected: n, found: si.maxPfn))
         }
+        a.walkMaxPfn = maxPfn
         let leafCount = Int((maxPfn &+ fpp &- 1) / fpp)
 
         let treePublished = si.frameListList != 0 && si.frameListList != UInt64.max
@@ -316,6 +329,7 @@ public final class P2MScanner: @unchecked Sendable {
             return a
         }
 
+        a.primaryLeaves = primaryWalk.leaves
         let effective = min(maxPfn, UInt64(primaryWalk.leaves.count) &* fpp)
         a.maxPfn = MaxPfnInfo(published: si.maxPfn, effective: effective, nrGpfns: nrGpfns)
         try checkLeaves(primaryWalk, effective: effective, width: width, maxMFN: maxMFN, m2p: m2p, a: a)

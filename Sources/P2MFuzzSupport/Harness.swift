@@ -249,5 +249,6 @@ public enum FuzzHarness {
         if r.stats.framesMapped > UInt64(meter.framesMapped) {
             v.append("report claims \(r.stats.framesMapped) frames mapped, host saw \(meter.framesMapped)")
         }
+        checkToolstack(r, options: o, &v)
     }
 }

@@ -46,12 +46,25 @@ public enum SimFault: Sendable, Equatable {
     case vanishAfterMapCalls(Int)
     /// Every map call for the domain fails with EFAULT.
     case allMapsFail
+    /// The P2M entry of the pfn holding leaf page `leaf` is cleared (or, with
+    /// `otherFrame`, made to name another frame of the guest): the leaf frame stays the
+    /// P2M's but leaves the pseudo-physical map, as the bed's guest module does.
+    case leafOutsidePhysmap(leaf: Int, otherFrame: Bool)
+    /// shared_info.arch.pfn_to_mfn_frame_list_list is replaced (the list stays intact).
+    case frameListList(UInt64)
+    /// shared_info.arch.p2m_cr3 is replaced (0: the toolstack falls back to the tree).
+    case p2mCr3(UInt64)
+    /// The tree's frame-list (mid) entry for `leaf` becomes 0.
+    case zeroMidEntry(leaf: Int)
 
     /// Every finding kind this fault produces on its own: a duplicate frame is also an
     /// M2P mismatch for the pfn that does not own it.
     public var expectedFindings: Set<FindingKind> {
         guard let k = expectedFinding else { return [] }
         if case .duplicateMfn = self { return [k, .m2pMismatch] }
+        // The cleared pfn's frame is still the domain's: one populated page fewer than
+        // tot_pages; naming another frame instead makes that pfn an impostor.
+        if case .leafOutsidePhysmap(_, let other) = self { return other ? [k, .m2pMismatch, .duplicateMfn] : [k, .populatedMismatch] }
         return [k]
     }
 
@@ -77,6 +90,9 @@ public enum SimFault: Sendable, Equatable {
         case .extraOwnedPages: return .populatedMismatch
         case .nrGpfns: return .maxPfnNrGpfnsMismatch
         case .vanishAfterMapCalls, .allMapsFail: return nil
+        case .leafOutsidePhysmap: return .p2mFrameOutsidePhysmap
+        case .frameListList, .zeroMidEntry: return .structureMfnInvalid
+        case .p2mCr3: return .structureMfnInvalid
         }
     }
 }
@@ -200,6 +216,32 @@ extension SimulatedHost {
             d.faults.vanishAfterMapCalls = (mapCalls[domid] ?? 0) + n
         case .allMapsFail:
             d.faults.allMapsFail = true
+        case .leafOutsidePhysmap(let k, let other):
+            let frame = try privateLeaf(k)
+            let pfn = m2p[Int(frame)]
+            guard pfn < d.shared.maxPfn, entry(d, pfn) == frame else { throw SimError.cannotInject("leaf \(k)'s frame is not named by a pfn") }
+            if other {
+                // Another pfn's ordinary frame (the lowest populated RAM page).
+                var donor: UInt64 = 0
+                while donor < d.shared.maxPfn {
+                    let e = entry(d, donor)
+                    if donor != pfn, e != .max, e & P2MEntry.identityBit(d.width) == 0, e & P2MEntry.foreignBit(d.width) == 0, contents[e] == nil { break }
+                    donor += 1
+                }
+                guard donor < d.shared.maxPfn else { throw SimError.cannotInject("no ordinary frame to name") }
+                setEntry(pfn, entry(d, donor))
+            } else {
+                setEntry(pfn, .max)
+                d.populatedCount -= 1
+                d.extraOwnedPages &+= 1
+            }
+        case .frameListList(let v):
+            d.shared.frameListList = v
+        case .p2mCr3(let v):
+            d.shared.p2mCr3 = v
+        case .zeroMidEntry(let k):
+            guard d.hasTree, k < d.leafCount, d.mids[k / d.fpp] != d.midMissing else { throw SimError.cannotInject("leaf \(k) has no private frame-list page") }
+            store(d.mids[k / d.fpp], k % d.fpp, 0, bytes: d.entryBytes)
         }
     }
 }

@@ -46,7 +46,14 @@ struct FuzzRegressionTests {
         for name in ["raw-tree64", "raw-tree32", "raw-list64", "raw-both64"] {
             let out = FuzzHarness.execute(try Self.input("corpus", name))
             let r = try #require(out.reports.first)
-            #expect(r.severity == .ok, "\(name): \(r.findings.map(\.kind))")
+            // These hand-built layouts keep their P2M pages outside the guest's pfns (no
+            // M2P entry names them), which libxenguest refuses: that one finding, and the
+            // save failure it predicts, are expected; nothing else.
+            let other = r.findings.filter { $0.kind != .p2mFrameOutsidePhysmap }
+            #expect(other.isEmpty, "\(name): \(other.map(\.kind))")
+            if r.count(.p2mFrameOutsidePhysmap) > 0 {
+                #expect(r.toolstack?.prediction(.save)?.messages.first?.hasPrefix("Bad mfn in p2m_frame_list[") == true, "\(name)")
+            }
             #expect(r.populated == r.totPages, "\(name)")
         }
         let both = try #require(FuzzHarness.execute(try Self.input("corpus", "raw-both64")).reports.first)

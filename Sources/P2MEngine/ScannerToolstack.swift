@@ -1,0 +1,27 @@
+// The scanner's side of the toolstack prediction: hands the model what the scan found
+// and turns the leaf frames outside the pseudo-physical map into a finding.
+
+extension P2MScanner {
+    func predictToolstack(_ a: Attempt, info: DomainInfo, width: GuestWidth, maxMFN: UInt64, m2p: M2PMapping,
+                          nrGpfns: UInt64?, unstable: Bool) throws(HostError) -> ToolstackReport? {
+        guard let si = a.shared else { return nil }
+        let model = ToolstackModel(session: a.session, width: width, maxMFN: maxMFN, m2p: m2p.entries, shared: si,
+                                   sampleLimit: options.sampleLimit, walkMaxPfn: a.walkMaxPfn)
+        if !a.findings.findings.contains(where: { $0.kind == .structureUnmappable }) {
+            model.knownMappable = Set(a.primaryLeaves.lazy.filter { $0 != unreadableLeaf })
+        }
+        let facts = ToolstackModel.ScanFacts(findings: a.findings.findings, populated: a.populated, populatedKnown: a.populatedKnown,
+                                             totPages: info.totPages, nrGpfns: nrGpfns, unstable: unstable, scanPath: a.primary)
+        let (report, save) = try model.predict(facts)
+        // The finding is about the guest, not about libxenguest's arithmetic: a pfn the
+        // toolstack's trimmed max_pfn leaves out (it compares relative and absolute
+        // level-2 indexes) still makes the save fail, but is no fault of the guest's.
+        for o in save.outside where o.m2p == nil || o.m2p! >= si.maxPfn || o.p2m != nil {
+            a.findings.add(.p2mFrameOutsidePhysmap, FindingSample(
+                pfn: o.m2p, mfn: o.mfn, found: o.p2m, index: UInt64(o.index), format: save.path,
+                note: o.m2p == nil ? "mfn above the host's max MFN"
+                    : (o.p2m == nil ? "m2p[mfn] is beyond max_pfn \(cHex(save.maxPfn))" : "p2m[m2p[mfn]] is not this frame")))
+        }
+        return report
+    }
+}
