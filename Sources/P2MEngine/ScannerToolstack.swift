@@ -16,7 +16,10 @@ extension P2MScanner {
         // The finding is about the guest, not about libxenguest's arithmetic: a pfn the
         // toolstack's trimmed max_pfn leaves out (it compares relative and absolute
         // level-2 indexes) still makes the save fail, but is no fault of the guest's.
-        for o in save.outside where o.m2p == nil || o.m2p! >= si.maxPfn || o.p2m != nil {
+        // Only leaves the scan's own walk found at that index are the guest's; a dump that
+        // lacks a leaf frame says nothing about the guest's pseudo-physical map.
+        for o in save.outside where (o.m2p == nil || o.m2p! >= si.maxPfn || o.p2m != nil) && !o.notInDump
+            && o.index < a.primaryLeaves.count && a.primaryLeaves[o.index] == o.mfn {
             a.findings.add(.p2mFrameOutsidePhysmap, FindingSample(
                 pfn: o.m2p, mfn: o.mfn, found: o.p2m, index: UInt64(o.index), format: save.path,
                 note: o.m2p == nil ? "mfn above the host's max MFN"

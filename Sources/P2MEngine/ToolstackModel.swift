@@ -60,6 +60,9 @@ struct OutsideLeaf {
     var m2p: UInt64?
     /// p2m[m2p[mfn]], when that pfn is <= max_pfn.
     var p2m: UInt64?
+    /// Offline only: the dump holds no copy of this frame (so whether it was outside the
+    /// map or refused to map live cannot be told apart).
+    var notInDump = false
 }
 
 /// What the save path's setup (map_p2m) comes to.
@@ -321,6 +324,16 @@ final class ToolstackModel {
     private func mapLeaves(_ s: inout SaveSetup, _ leaves: [UInt64], maxPfn: UInt64) throws(HostError) {
         s.maxPfn = maxPfn
         s.leaves = leaves
+        var notInDump = Set<UInt64>()
+        if offline {
+            var i = 0
+            while i < leaves.count {
+                let chunk = Array(leaves[i..<min(leaves.count, i + session.batchFrames)])
+                let m = try session.map(chunk)
+                for (k, err) in m.errors.enumerated() where err != 0 { notInDump.insert(chunk[k]) }
+                i += chunk.count
+            }
+        }
         let e = offline ? 0 : try firstMapError(leaves)
         if e != 0 {
             return fail(&s, [perror("Failed to map p2m frames", e)], XenSource.mapP2mLeaves)
@@ -356,6 +369,7 @@ final class ToolstackModel {
             }
             k += chunk.count
         }
+        for k in outside.indices where notInDump.contains(outside[k].mfn) { outside[k].notInDump = true }
         outside.sort { $0.index < $1.index }
         s.outside = outside
         if let b = outside.first {
@@ -607,7 +621,7 @@ final class ToolstackModel {
         let dumpPath: P2MFormat = si.p2mCr3 != 0 ? .linearList : .tree
         out.append(try dumpPrediction(facts, save: save, wrong: (wrongPfns, wrongCount), dropped: (droppedPfns, droppedCount),
                                       unexplained: unexplained(reading: dumpPath)))
-        out.append(treeOnly(facts))
+        out.append(treeOnly(facts, save: save))
         return (ToolstackReport(predictions: out), save)
     }
 
@@ -658,7 +672,7 @@ final class ToolstackModel {
     }
 
     /// Before migration v2 (Xen 4.6) the save path knew only the tree.
-    private func treeOnly(_ facts: ScanFacts) -> ToolstackPrediction {
+    private func treeOnly(_ facts: ScanFacts, save: SaveSetup) -> ToolstackPrediction {
         let reason = "the pre-4.6 save path reads only the 3-level tree"
         func line(_ o: ToolstackOutcome, _ d: String) -> ToolstackPrediction {
             ToolstackPrediction(operation: .treeOnlyToolstack, path: .tree, pathReason: reason, outcome: o, detail: d)
@@ -668,6 +682,7 @@ final class ToolstackModel {
         if facts.count(.treeCapacityExceeded) > 0 { return line(.fails, "max_pfn is beyond what the 3-level tree describes") }
         let treeProblems = facts.findings.filter { $0.severity == .critical && $0.samples.contains { $0.format == .tree } }
         if !treeProblems.isEmpty { return line(.fails, "the tree is damaged (\(treeProblems.map(\.kind.rawValue).joined(separator: ", ")))") }
+        if !save.outside.isEmpty { return line(.fails, "P2M leaf frames outside the pseudo-physical map: the pre-4.6 save checked its frame list for that too") }
         if facts.findings.contains(where: { $0.severity == .critical }) { return line(.risky, "the tree is readable but the P2M is inconsistent") }
         return line(.works, "fll and the tree are consistent")
     }

@@ -133,9 +133,12 @@ struct API: Sendable {
                     }
                 }
             }
+            if p.count == 4 && p[3] == "p2m" {
+                return await only(.GET) { await p2mTable(domid, jsonLines: query["format"] == "jsonl") }
+            }
             return .error(.notFound, "not_found", "no such endpoint \(comps.path)")
         default:
-            return .error(.notFound, "not_found", "no such endpoint \(comps.path); see GET /v1/health, /v1/domains, /v1/domains/{domid}, POST /v1/domains/{domid}/scan, GET /v1/events, GET /metrics")
+            return .error(.notFound, "not_found", "no such endpoint \(comps.path); see GET /v1/health, /v1/domains, /v1/domains/{domid}, POST /v1/domains/{domid}/scan, GET /v1/domains/{domid}/p2m, GET /v1/events, GET /metrics")
         }
     }
 }

@@ -172,6 +172,11 @@ struct DomainFamily: Sendable {
         DomainFamily("xenp2m_domain_populated_pages", "Populated P2M entries in the latest scan, in pages") { r, _ in
             Double(r.populated)
         },
+        DomainFamily("xenp2m_domain_toolstack_outcome_level",
+                     "What the toolstack would do per operation (xenp2mctl preflight's exit status): 0 works, 1 risky (aborts_if_changing, risky, incomplete), 2 fails or copies_wrong_memory, -1 no prediction",
+                     [("operation", ToolstackOperation.allCases.map(\.rawValue))]) { r, l in
+            Double(r.toolstack?.prediction(ToolstackOperation(rawValue: l["operation"]!)!)?.outcome.exitStatus ?? -1)
+        },
     ]
 }
 

@@ -10,7 +10,7 @@ struct XenP2Mctl: ParsableCommand {
         commandName: "xenp2mctl",
         abstract: "Ask xenp2md about the P2M of Xen PV guests.",
         discussion: "Shell completions: xenp2mctl --generate-completion-script bash|zsh|fish",
-        subcommands: [Status.self, List.self, Scan.self, Watch.self, Metrics.self, Map.self, Check.self, CheckCore.self, Fleet.self])
+        subcommands: [Status.self, List.self, Scan.self, Watch.self, Metrics.self, Map.self, Check.self, CheckCore.self, Preflight.self, DumpP2M.self, Fleet.self])
 
     /// The one place a failure is printed: a `CLIError` becomes "xenp2mctl: message" on
     /// stderr and its exit status; everything else (usage errors, --help, a check's exit

@@ -14,6 +14,8 @@ struct CheckCore: ParsableCommand {
     @Flag(help: "Print the pfn map instead of the summary.") var map = false
     @Option(help: "Domid to put in the report.") var domid: UInt32 = 0
     @Option(help: "Guest width in bits (32 or 64) if the file does not record it.") var width: Int?
+    @Flag(help: "Predict, from what the dump shows, what xl save/migrate/dump-core would do with the guest (exit status as `preflight`).")
+    var preflight = false
 
     func run() throws {
         let guestWidth: GuestWidth?
@@ -28,6 +30,9 @@ struct CheckCore: ParsableCommand {
             c = try checkCoreFile(path: file, core: CoreDumpOptions(domid: domid, guestWidth: guestWidth))
         } catch {
             throw CLIError("\(error)", code: 3)
+        }
+        if preflight {
+            try Preflight.emit(c.report, json: json)
         }
         if json {
             writeOut(try P2MReport.encoder().encode(c.report))
