@@ -266,6 +266,7 @@ extension SimulatedHost {
         if !d.building, let (_, mfn) = d.kernelPool.popLast() {
             return mfn
         }
+        d.structureFramesOutsideP2M += 1
         return try allocFrame(for: d.domid)
     }
 

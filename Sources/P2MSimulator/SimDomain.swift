@@ -77,6 +77,9 @@ final class SimDomain {
     /// Frames owned beyond the populated pfns (models a tot_pages discrepancy).
     var extraOwnedPages: UInt64 = 0
     var populatedCount: UInt64 = 0
+    /// P2M pages that had to come from outside the guest's pseudo-physical map (no
+    /// reserved RAM and no free kernel page left): libxenguest refuses such a leaf.
+    var structureFramesOutsideP2M = 0
     var dying = false
     var shutdown = false
 

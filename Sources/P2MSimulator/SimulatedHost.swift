@@ -267,6 +267,13 @@ public final class SimulatedHost: P2MHost, @unchecked Sendable {
         return M2PMapping(entries: UnsafeBufferPointer(rebasing: m2p[0..<entries])) { [self] in _ = self }
     }
 
+    /// How many of the domain's P2M pages the builder had to place outside its
+    /// pseudo-physical map (a guest with too little RAM to hold its own P2M).
+    public func structureFramesOutsideP2M(_ domid: DomID) -> Int {
+        lock.lock(); defer { lock.unlock() }
+        return domains[domid]?.structureFramesOutsideP2M ?? 0
+    }
+
     public func domainName(_ domid: DomID) -> String? {
         lock.lock(); defer { lock.unlock() }
         return domains[domid]?.name
