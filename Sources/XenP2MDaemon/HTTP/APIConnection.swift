@@ -16,20 +16,20 @@ enum APIConnection {
                       logger: Logger) async {
         do {
             try await conn.executeThenClose { inbound, outbound in
-                /// Writes one complete answer. Graceful shutdown cancels this task (`run`'s
-                /// cancelAll), and NIO's writer refuses writes from a cancelled task: a request
-                /// being answered right then (a scan ending with 503 `unavailable`) still gets
-                /// its answer, written from an uncancelled task and bounded by closing the
-                /// connection after `shutdownWriteLimit`.
+                /// Writes one complete answer and returns once it reached the kernel. Through
+                /// the channel with a promise, not the async writer: that writer's writes carry
+                /// none, so an answer larger than the socket buffer (a P2M table, a big fleet)
+                /// was still pending when a `Connection: close` answer ended the connection,
+                /// and closing a channel drops its pending writes. Graceful shutdown (a
+                /// cancelled task) still answers, bounded by closing after `shutdownWriteLimit`.
                 func send(_ parts: [HTTPServerResponsePart]) async throws {
-                    do {
-                        try await outbound.write(contentsOf: parts)
-                    } catch is CancellationError {
-                        let channel = conn.channel
-                        let bound = channel.eventLoop.scheduleTask(in: shutdownWriteLimit) { channel.close(promise: nil) }
-                        defer { bound.cancel() }
-                        try await Task { try await outbound.write(contentsOf: parts) }.value
-                    }
+                    let channel = conn.channel
+                    let bound = Task.isCancelled
+                        ? channel.eventLoop.scheduleTask(in: shutdownWriteLimit) { channel.close(promise: nil) } : nil
+                    defer { bound?.cancel() }
+                    guard let last = parts.last else { return }
+                    for p in parts.dropLast() { channel.write(NIOAny(p), promise: nil) }
+                    try await channel.writeAndFlush(NIOAny(last)).get()
                 }
                 func tooLarge() -> APIResponse {
                     .error(.payloadTooLarge, "payload_too_large", "request bodies are limited to \(limits.maxBodyBytes) bytes")
