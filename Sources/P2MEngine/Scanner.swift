@@ -232,6 +232,8 @@ public final class P2MScanner: @unchecked Sendable {
         var shared: ArchSharedInfo?
         /// max_pfn after the plausibility clamp: bounds the toolstack model's walks too.
         var walkMaxPfn: UInt64 = 0
+        /// The pfns the domain could own (`byDomain`): bounds the toolstack model's map checks.
+        var domainPfnBound: UInt64 = 0
         /// Leaf frames of the walk the entries were checked through.
         var primaryLeaves: [UInt64] = []
 
@@ -265,6 +267,7 @@ public final class P2MScanner: @unchecked Sendable {
             a.findings.add(.maxPfnNrGpfnsMismatch, FindingSample(expected: n, found: si.maxPfn))
         }
         a.walkMaxPfn = maxPfn
+        a.domainPfnBound = byDomain
         let leafCount = Int((maxPfn &+ fpp &- 1) / fpp)
 
         let treePublished = si.frameListList != 0 && si.frameListList != UInt64.max

@@ -7,6 +7,7 @@ extension P2MScanner {
         guard let si = a.shared else { return nil }
         let model = ToolstackModel(session: a.session, width: width, maxMFN: maxMFN, m2p: m2p.entries, shared: si,
                                    sampleLimit: options.sampleLimit, walkMaxPfn: a.walkMaxPfn)
+        model.distinctLeafCap = a.domainPfnBound / UInt64(width.fpp) + 2
         if !a.findings.findings.contains(where: { $0.kind == .structureUnmappable }) {
             model.knownMappable = Set(a.primaryLeaves.lazy.filter { $0 != unreadableLeaf })
         }

@@ -95,6 +95,10 @@ final class ToolstackModel {
     /// Leaf frames the scan has already mapped without an error: a toolstack walk that
     /// ends in the same frames need not map them again to know they map.
     var knownMappable: Set<UInt64> = []
+    /// Most distinct leaf frames a check maps: the pfns the domain could own (the scan's
+    /// bound before the fixed pseudo-physical allowance) over entries per frame. More
+    /// distinct frames than that cannot all be the domain's own.
+    var distinctLeafCap: UInt64 = .max
 
     init(session: HostSession, width: GuestWidth, maxMFN: UInt64, m2p: UnsafeBufferPointer<UInt64>, shared: ArchSharedInfo,
          sampleLimit: Int, walkMaxPfn: UInt64) {
@@ -116,23 +120,39 @@ final class ToolstackModel {
     // MARK: - Reading frames as libxenguest maps them
 
     /// xc_map_foreign_pages: all or nothing; the errno of the first frame that failed.
+    /// A map of no frames fails there with EINVAL (an mmap of length 0), so it is not
+    /// asked of the host: xl dump-core of a guest whose nr_gpfns is 0 gets this far.
     private func mapAll(_ mfns: ArraySlice<UInt64>) throws(HostError) -> (FrameMapping?, Int32) {
+        if mfns.isEmpty { return (nil, EINVAL) }
         let m = try session.map(Array(mfns))
         if let e = m.errors.first(where: { $0 != 0 }) { return (nil, e) }
         return (m, 0)
     }
 
     /// Maps `mfns` in batches only to learn whether libxenguest's single map would succeed.
-    private func firstMapError(_ mfns: [UInt64]) throws(HostError) -> Int32 {
-        if !knownMappable.isEmpty && mfns.allSatisfy({ knownMappable.contains($0) }) { return 0 }
+    /// Each distinct frame not already known to map is mapped once (a sparse P2M names its
+    /// shared missing-entries page thousands of times); nil when there are more of them
+    /// than `distinctLeafCap`, which the caller reports without mapping anything.
+    private func firstMapError(_ mfns: [UInt64]) throws(HostError) -> Int32? {
+        if mfns.isEmpty { return EINVAL }
+        var seen = Set<UInt64>(), todo: [UInt64] = []
+        for m in mfns where !knownMappable.contains(m) && seen.insert(m).inserted {
+            todo.append(m)
+            if UInt64(todo.count) > distinctLeafCap { return nil }
+        }
         var i = 0
-        while i < mfns.count {
-            let end = min(mfns.count, i + session.batchFrames)
-            let m = try session.map(Array(mfns[i..<end]))
+        while i < todo.count {
+            let end = min(todo.count, i + session.batchFrames)
+            let m = try session.map(Array(todo[i..<end]))
             if let e = m.errors.first(where: { $0 != 0 }) { return e }
             i = end
         }
         return 0
+    }
+
+    /// Why a leaf list with more distinct frames than `distinctLeafCap` cannot map.
+    private func tooManyLeafFrames(_ n: Int) -> String {
+        "libxenguest would map more than \(distinctLeafCap) distinct leaf frames (the list has \(n) entries), more than this domain can own: a foreign map of frames the domain does not own fails"
     }
 
     private func word(_ page: UnsafeRawPointer, _ i: Int) -> UInt64 {
@@ -334,7 +354,9 @@ final class ToolstackModel {
                 i += chunk.count
             }
         }
-        let e = offline ? 0 : try firstMapError(leaves)
+        guard let e = offline ? 0 : try firstMapError(leaves) else {
+            return fail(&s, [], XenSource.mapP2mLeaves, tooManyLeafFrames(leaves.count))
+        }
         if e != 0 {
             return fail(&s, [perror("Failed to map p2m frames", e)], XenSource.mapP2mLeaves)
         }
@@ -354,7 +376,9 @@ final class ToolstackModel {
             }
             wanted[Int(pfn / fpp), default: []].append((x, pfn))
         }
-        let holders = wanted.keys.sorted()
+        // A pfn at or below max_pfn whose entry lies past the leaf list (the list is shorter
+        // than max_pfn says) has no p2m value to compare: no claim is made about it.
+        let holders = wanted.keys.sorted().filter { $0 < leaves.count }
         var k = 0
         while k < holders.count {
             let chunk = holders[k..<min(holders.count, k + session.batchFrames)]
@@ -506,7 +530,9 @@ final class ToolstackModel {
         guard frames <= leaves.count else {
             return fail([], XenSource.coreMap, "xl dump-core would map more leaf frames than it collected (undefined behaviour)")
         }
-        let e = try firstMapError(Array(leaves.prefix(frames)))
+        guard let e = try firstMapError(Array(leaves.prefix(frames))) else {
+            return fail([], XenSource.coreMap, tooManyLeafFrames(frames))
+        }
         if e != 0 { return fail([perror("Couldn't map p2m table", e)], XenSource.coreMap) }
         d.p2mSize = p2mSize
         d.leaves = Array(leaves.prefix(frames))
