@@ -107,7 +107,7 @@ let package = Package(
         .executableTarget(
             name: "xenp2mctl",
             dependencies: [
-                "P2MEngine", "XenP2MAPI", "P2MDumpCore",
+                "P2MEngine", "XenP2MAPI", "P2MDumpCore", "P2MXen",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/xenp2mctl"

@@ -28,6 +28,27 @@
 #include "xenp2m_shim.h"
 
 /*
+ * The Xen releases this file is known to be right for, told apart by the interface
+ * versions their public headers define (xen/domctl.h, xen/xen-compat.h). Everything that
+ * differs between them stays in this file. An unknown libxen-dev stops the build here,
+ * on one line, rather than building a shim nobody checked against that Xen.
+ *   Xen 4.17 (Debian 12 bookworm, Ubuntu 24.04): domctl 0x15, latest interface 0x040e00
+ *   Xen 4.20 (Debian 13 trixie):                 domctl 0x17, latest interface 0x041300
+ * Checked against both releases' Debian libxen-dev. Upstream bumped domctl to 0x16 and
+ * then 0x17 during 4.18 and 4.19; a 4.19 libxen-dev probably matches the 4.20 line and
+ * would build, unchecked; 4.18 (0x16) is refused.
+ * Both have xc_domain_getinfolist with the same xc_domaininfo_t fields this file reads;
+ * 4.18 removed xc_domain_getinfo/xc_dominfo_t, which this file never used.
+ */
+#if XEN_DOMCTL_INTERFACE_VERSION == 0x15 && __XEN_LATEST_INTERFACE_VERSION__ == 0x00040e00
+#define XP2M_XEN_SERIES "4.17"
+#elif XEN_DOMCTL_INTERFACE_VERSION == 0x17 && __XEN_LATEST_INTERFACE_VERSION__ == 0x00041300
+#define XP2M_XEN_SERIES "4.20"
+#else
+#error "xenp2m: unknown Xen release in libxen-dev (not 4.17 or 4.20 by XEN_DOMCTL_INTERFACE_VERSION/__XEN_LATEST_INTERFACE_VERSION__); check shim.c against its headers and add it to the table above shim.c's first #if"
+#endif
+
+/*
  * The engine parses raw shared-info pages (live and from core files) with
  * fixed offsets. Pin them to Xen's own layout so a header change breaks the
  * build instead of silently misreading guests.
@@ -382,4 +403,49 @@ uint32_t xp2m_shared_info_arch_offset(uint32_t width_bytes)
     if (width_bytes == 4)
         return (uint32_t)offsetof(struct shared_info_x86_32, arch);
     return (uint32_t)offsetof(struct shared_info_x86_64, arch);
+}
+
+const char *xp2m_built_xen_series(void)
+{
+    return XP2M_XEN_SERIES;
+}
+
+uint32_t xp2m_built_domctl_interface(void)
+{
+    return XEN_DOMCTL_INTERFACE_VERSION;
+}
+
+int xp2m_hypervisor_version(xp2m_handle *h, uint32_t *major, uint32_t *minor, char *extra, size_t len)
+{
+    xen_extraversion_t ev;
+    int v;
+
+    if (!h || !major || !minor || !extra || len == 0)
+        return EINVAL;
+    v = xc_version(h->xch, XENVER_version, NULL);
+    if (v < 0)
+        return err_or(EIO);
+    memset(ev, 0, sizeof(ev));
+    if (xc_version(h->xch, XENVER_extraversion, &ev) < 0)
+        return err_or(EIO);
+    *major = (uint32_t)v >> 16;
+    *minor = (uint32_t)v & 0xffff;
+    snprintf(extra, len, "%.*s", (int)sizeof(ev), ev);
+    return 0;
+}
+
+int xp2m_check_domctl(xp2m_handle *h)
+{
+    unsigned int w = 0;
+
+    if (!h)
+        return EINVAL;
+    /*
+     * Xen answers every domctl whose interface_version is not its own with EACCES, and
+     * libxenctrl stamps the version of the headers it was built with. Asking dom0's
+     * address size is the cheapest domctl there is, and dom0 always exists.
+     */
+    if (xc_domain_get_guest_width(h->xch, 0, &w) != 0)
+        return err_or(EIO);
+    return 0;
 }

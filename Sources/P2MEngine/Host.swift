@@ -83,6 +83,9 @@ public enum HostError: Error, Equatable, Sendable, CustomStringConvertible {
     case system(operation: String, errno: Int32)
     /// The host cannot answer this question at all.
     case unsupported(String)
+    /// The hypervisor refuses the interface this build's Xen libraries speak (a xenp2m
+    /// built for another Xen release): nothing can be scanned, so the daemon does not start.
+    case hypervisorNotDrivable(hypervisor: String, builtFor: String)
 
     public var description: String {
         switch self {
@@ -94,6 +97,8 @@ public enum HostError: Error, Equatable, Sendable, CustomStringConvertible {
             return "\(op) failed: \(errnoName(e)) (\(String(cString: strerror(e))))"
         case .unsupported(let what):
             return "unsupported: \(what)"
+        case .hypervisorNotDrivable(let hv, let built):
+            return "hypervisor Xen \(hv) refuses the interface of this build (built for \(built)): install the xenp2m package built for Xen \(hv.split(separator: ".").prefix(2).joined(separator: "."))"
         }
     }
 

@@ -42,14 +42,45 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         self.control = control
         self.logger = logger
         self.logSink = sink
+        let h: XenHandle
         do {
             // libxenctrl may log while opening (that is how it explains a failure), so the
             // sink is already owned by self before the shim first sees its pointer.
-            handle = try control.open(log: xenLogCallback, context: sink.context)
+            h = try control.open(log: xenLogCallback, context: sink.context)
         } catch {
             throw Self.openError(error)
         }
+        do throws(HostError) {
+            hypervisor = try Self.checkHypervisor(control, h)
+        } catch {
+            control.close(h)
+            throw error
+        }
+        handle = h
         callerDomid = Self.callerDomid(control, handle, logger: logger)
+    }
+
+    /// The running hypervisor's version, checked against the interface this build speaks.
+    public let hypervisor: XenVersion
+
+    /// Reads what runs and refuses a hypervisor whose domctl interface differs from the
+    /// libraries' (every guest-width query would fail with EACCES).
+    static func checkHypervisor(_ control: any XenControlInterface, _ h: XenHandle) throws(HostError) -> XenVersion {
+        let v: XenVersion
+        do {
+            v = try control.hypervisorVersion(h)
+        } catch {
+            throw .system(operation: "read the hypervisor version (xc_version)", errno: error.code)
+        }
+        do {
+            try control.checkDomctl(h)
+        } catch {
+            if error.code == EACCES && v.series != XenVersion.built.series {
+                throw .hypervisorNotDrivable(hypervisor: v.description, builtFor: XenVersion.builtInterface)
+            }
+            throw .system(operation: "query dom0 through a domctl (Xen \(v), built for \(XenVersion.builtInterface))", errno: error.code)
+        }
+        return v
     }
 
     /// Which domain we are, from our own xenstore directory. Without an answer it is

@@ -91,6 +91,14 @@ protocol XenControlInterface: Sendable {
     /// A key of the calling domain's own xenstore directory ("domid": which domain we are).
     func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String
     func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32
+    func hypervisorVersion(_ h: XenHandle) throws(ShimErrno) -> XenVersion
+    func checkDomctl(_ h: XenHandle) throws(ShimErrno)
+}
+
+extension XenControlInterface {
+    /// Fakes play a hypervisor of the release the shim was built for, unless they say otherwise.
+    func hypervisorVersion(_ h: XenHandle) throws(ShimErrno) -> XenVersion { XenVersion.built }
+    func checkDomctl(_ h: XenHandle) throws(ShimErrno) {}
 }
 
 /// The real thing: calls libxenctrl through CXenCtrl.
@@ -194,6 +202,40 @@ struct ShimControl: XenControlInterface {
 
     func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 {
         xp2m_shared_info_arch_offset(widthBytes)
+    }
+
+    func hypervisorVersion(_ h: XenHandle) throws(ShimErrno) -> XenVersion {
+        var major: UInt32 = 0, minor: UInt32 = 0
+        var extra = [CChar](repeating: 0, count: 64)
+        try check(extra.withUnsafeMutableBufferPointer { xp2m_hypervisor_version(h, &major, &minor, $0.baseAddress, $0.count) })
+        let bytes = extra.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return XenVersion(major: major, minor: minor, extra: String(decoding: bytes, as: UTF8.self))
+    }
+
+    func checkDomctl(_ h: XenHandle) throws(ShimErrno) {
+        try check(xp2m_check_domctl(h))
+    }
+}
+
+/// A Xen version: the running hypervisor's, or the release the shim was built against.
+public struct XenVersion: Equatable, Sendable, CustomStringConvertible {
+    public var major: UInt32
+    public var minor: UInt32
+    /// ".4", ".5-pre" for a hypervisor; empty for a build's release series.
+    public var extra: String
+    public var series: String { "\(major).\(minor)" }
+    public var description: String { series + extra }
+
+    /// The Xen release whose libxen-dev this build's shim was compiled against.
+    public static let built: XenVersion = {
+        let s = String(cString: xp2m_built_xen_series()).split(separator: ".").compactMap { UInt32($0) }
+        return XenVersion(major: s.first ?? 0, minor: s.dropFirst().first ?? 0, extra: "")
+    }()
+    /// That release's domctl interface version (Xen refuses any other).
+    public static let builtDomctlInterface: UInt32 = xp2m_built_domctl_interface()
+    /// "Xen 4.20 (domctl interface 0x17)": what `--version` prints.
+    public static var builtInterface: String {
+        "Xen \(built.series) (domctl interface 0x\(String(builtDomctlInterface, radix: 16)))"
     }
 }
 

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import P2MXen
+import XenP2MAPI
 
 @main
 struct XenP2Mctl: ParsableCommand {
@@ -10,6 +12,7 @@ struct XenP2Mctl: ParsableCommand {
         commandName: "xenp2mctl",
         abstract: "Ask xenp2md about the P2M of Xen PV guests.",
         discussion: "Shell completions: xenp2mctl --generate-completion-script bash|zsh|fish",
+        version: "xenp2mctl \(XenP2MVersion.string), built for \(XenVersion.builtInterface)",
         subcommands: [Status.self, List.self, Scan.self, Watch.self, Metrics.self, Map.self, Check.self, CheckCore.self, Preflight.self, DumpP2M.self, Fleet.self])
 
     /// The one place a failure is printed: a `CLIError` becomes "xenp2mctl: message" on

@@ -27,8 +27,12 @@ let backends: BackendOpener = { (c: DaemonConfig, logger: Logger) throws(DaemonE
         return DaemonBackend(host: fleet.host) { polls, logger in FleetMotionService(fleet: fleet, polls: polls, logger: logger) }
     case .xen:
         do throws(HostError) {
-            return DaemonBackend(host: try XenHost.open(logger: logger))
+            let host = try XenHost.open(logger: logger)
+            logger.notice("Xen hypervisor \(host.hypervisor); this build speaks \(XenVersion.builtInterface)")
+            return DaemonBackend(host: host)
         } catch {
+            // Exit 3 (README, "Install on a Xen host"): the unit does not restart on it.
+            if case .hypervisorNotDrivable = error { throw DaemonError(message: "\(error)", exitCode: 3) }
             throw DaemonError(message: "\(error)", exitCode: 1)
         }
     }

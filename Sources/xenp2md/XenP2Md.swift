@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import P2MEngine
+import P2MXen
 import XenP2MAPI
 import XenP2MDaemon
 
@@ -19,7 +20,8 @@ struct XenP2Md: AsyncParsableCommand {
             Scan once and print a table instead:
               xenp2md --backend sim --once
             Command-line options override the config file; SIGHUP re-reads it.
-            """)
+            """,
+        version: "xenp2md \(XenP2MVersion.string), built for \(XenVersion.builtInterface)")
 
     @Option(help: "Config file (YAML); see config/xenp2md.yaml. Without it, built-in defaults apply.")
     var config: String?

@@ -720,7 +720,7 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertTrue(service.contains("DeviceAllow=/dev/xen/privcmd rw"))
         XCTAssertTrue(service.contains("WatchdogSec="))
         // verify needs ExecStart to exist: point it at the built binary.
-        let rewritten = service.replacingOccurrences(of: "ExecStart=/usr/local/sbin/xenp2md", with: "ExecStart=" + (try Binaries.path("xenp2md")))
+        let rewritten = service.replacingOccurrences(of: "ExecStart=/usr/sbin/xenp2md", with: "ExecStart=" + (try Binaries.path("xenp2md")))
         XCTAssertNotEqual(rewritten, service)
         try rewritten.write(toFile: dir + "/xenp2md.service", atomically: true, encoding: .utf8)
         try FileManager.default.copyItem(atPath: root.appendingPathComponent("xenp2md.socket").path, toPath: dir + "/xenp2md.socket")

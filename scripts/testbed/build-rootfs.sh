@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Builds (or reuses) the cached dom0 root filesystem and the hypervisor binary, from Debian
-# packages through this machine's apt sources. Prints the cache directory on stdout.
+# Builds (or reuses) the cached dom0 root filesystem and the hypervisor binary of one
+# Debian release (XENP2M_TESTBED_RELEASE), from that release's packages through the
+# mirrors this machine uses (scripts/lib/release.sh). Prints the cache directory.
 # Cache key: candidate versions of every package that makes up dom0, the apt sources and
 # this script; a new Debian point release or security update rebuilds it.
+# xenp2m itself is not in here: it goes into dom0 only through its .deb (install-dom0.sh).
 . "$(dirname "$0")/lib.sh"
 tb_need_root
 
+rel_apt_update
 PKGS_IMAGE=(xen-utils-$XEN_SERIES xen-utils-common xenstore-utils libxenmisc$XEN_SERIES
   linux-image-amd64 linux-headers-amd64 initramfs-tools systemd systemd-sysv udev kmod
   busybox iproute2 procps less gcc make libc6-dev jq)
@@ -19,7 +22,7 @@ key_material() {
   cat "$TB_DIR/build-rootfs.sh" "$TB_DIR/lib.sh"
 }
 KEY=$(key_material | sha256sum | cut -c1-16)
-OUT=$TB_CACHE/rootfs-$KEY
+OUT=$TB_REL_CACHE/rootfs-$KEY
 if [ -f "$OUT/.complete" ]; then
   tb_log "dom0 rootfs cache hit: $OUT"
   printf '%s\n' "$OUT"
@@ -35,8 +38,7 @@ t0=$(date +%s)
 
 # --- hypervisor: unpacked from the .deb, never installed on this machine -------------
 work=$OUT/work; mkdir -p "$work"
-( cd "$work" && apt-get download -q "xen-hypervisor-$XEN_SERIES-amd64" >/dev/null 2>&1 ) ||
-  tb_die "apt-get download xen-hypervisor-$XEN_SERIES-amd64 failed"
+rel_download "$work" "xen-hypervisor-$XEN_SERIES-amd64"
 dpkg -x "$work"/xen-hypervisor-*.deb "$work/xen"
 # QEMU's multiboot loader boots the unpacked ELF; given the .gz it hangs silently.
 gunzip -c "$work/xen/boot/xen-$XEN_SERIES-amd64.gz" > "$OUT/xen"
@@ -51,6 +53,7 @@ t1=$(date +%s); tb_log "debootstrap took $((t1 - t0)) s"
 # debootstrap only knows the main suite; the hypervisor comes from -security and the
 # tools must match it, so the chroot gets the same suites the machine uses.
 tb_apt_sources | while read -r url suite; do echo "deb $url $suite main"; done > "$ROOT/etc/apt/sources.list"
+rm -f "$ROOT/etc/apt/sources.list.d/"*.sources
 printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"; chmod +x "$ROOT/usr/sbin/policy-rc.d"
 echo 'APT::Install-Recommends "false";' > "$ROOT/etc/apt/apt.conf.d/90testbed"
 
@@ -98,5 +101,5 @@ rm -rf "$work"
 touch "$OUT/.complete"
 tb_log "dom0 rootfs built in $((t3 - t0)) s: $OUT"
 # Older rootfs builds are dead weight (each ~1.5 GB).
-for d in "$TB_CACHE"/rootfs-*; do [ "$d" = "$OUT" ] || rm -rf "$d"; done
+for d in "$TB_REL_CACHE"/rootfs-*; do [ "$d" = "$OUT" ] || rm -rf "$d"; done
 printf '%s\n' "$OUT"

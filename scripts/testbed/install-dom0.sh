@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs xenp2m into the dom0 root filesystem the way an operator would (binaries into
-# the path the unit's ExecStart names, units into /etc/systemd/system, config into
-# /etc/xenp2m), plus the bed's own scenario runner and guest images, then writes the dom0
-# disk image. Files installed by an earlier run are removed first (the rootfs is cached).
-# Usage: install-dom0.sh ROOTFS-CACHE-DIR BOOT-DIR SWIFT-BIN-DIR IMAGE
+# Prepares the dom0 disk image: xenp2m's .deb (not installed: dom0 installs it with
+# dpkg -i in scenario 9, as an operator would), a copy repacked with a higher version for
+# the upgrade scenario, and the bed's own test tools (scenario runner, guest kernel and
+# initramfs, xenp2m-bench). Files from an earlier run are removed first (the rootfs is
+# cached), then the image is written.
+# Usage: install-dom0.sh ROOTFS-CACHE-DIR BOOT-DIR DEB TEST-TOOLS-DIR IMAGE
 . "$(dirname "$0")/lib.sh"
-RF=$1 BOOT=$2 BIN=$3 IMG=$4
+RF=$1 BOOT=$2 DEB=$3 TOOLS=$4 IMG=$5
 ROOT=$RF/rootfs
 manifest=$RF/installed.files
 if [ -f "$manifest" ]; then
@@ -15,34 +16,26 @@ fi
 put() { # MODE SRC DEST(absolute in dom0)
   install -D -m "$1" "$2" "$ROOT$3"; echo "$3" >> "$manifest"
 }
-
-# --- xenp2m, as the repository ships it --------------------------------------------------
-unit=$REPO_DIR/systemd/xenp2md.service
-daemon_path=/usr/local/bin/xenp2md
-if [ -f "$unit" ]; then
-  p=$(sed -n 's/^ExecStart=-\?\([^ ]*\).*/\1/p' "$unit" | head -1)
-  [ -n "$p" ] && daemon_path=$p
-fi
-put 755 "$BIN/xenp2md" "$daemon_path"
-put 755 "$BIN/xenp2mctl" "$(dirname "$daemon_path")/xenp2mctl"
-[ -x "$BIN/xenp2m-bench" ] && put 755 "$BIN/xenp2m-bench" /usr/local/bin/xenp2m-bench
-for u in "$REPO_DIR"/systemd/*.service "$REPO_DIR"/systemd/*.socket; do
-  [ -f "$u" ] && put 644 "$u" "/etc/systemd/system/$(basename "$u")"
-done
-[ -f "$REPO_DIR/config/xenp2md.yaml" ] && put 644 "$REPO_DIR/config/xenp2md.yaml" /etc/xenp2m/xenp2md.yaml
-# The bed's only deviations from the shipped setup, as an operator's drop-in: the Xen
-# backend (the point of the bed) and a short poll interval so changes show within seconds.
-if [ -f "$unit" ]; then
-  exec_line=$(sed -n 's/^ExecStart=//p' "$unit" | head -1)
-  mkdir -p "$ROOT/etc/systemd/system/xenp2md.service.d"
-  printf '[Service]\nExecStart=\nExecStart=%s --backend xen --poll-interval %s\n' \
-    "$exec_line" "${XENP2M_TESTBED_POLL:-2}" > "$ROOT/etc/systemd/system/xenp2md.service.d/testbed.conf"
-  echo /etc/systemd/system/xenp2md.service.d >> "$manifest"
+# The bed must not smuggle xenp2m in: the cached rootfs holds no trace of it.
+if ls "$ROOT"/usr/sbin/xenp2md "$ROOT"/usr/bin/xenp2mctl "$ROOT"/etc/xenp2m "$ROOT"/var/lib/dpkg/info/xenp2m.* > /dev/null 2>&1; then
+  tb_die "the cached dom0 rootfs already contains xenp2m files; delete $RF"
 fi
 
-# --- the bed ---------------------------------------------------------------------------------
+# --- the package, and the upgrade copy ----------------------------------------------------
 L=/usr/local/lib/xenp2m-testbed
+put 644 "$DEB" "$L/debs/install/$(basename "$DEB")"
+up=$(mktemp -d); trap 'rm -rf "$up"' EXIT
+dpkg-deb -R "$DEB" "$up/x"
+v=$(sed -n 's/^Version: //p' "$up/x/DEBIAN/control")
+sed -i "s/^Version: .*/Version: $v+bedupgrade1/" "$up/x/DEBIAN/control"
+dpkg-deb --root-owner-group -Zxz -b "$up/x" "$up/xenp2m_${v}+bedupgrade1_amd64.deb" > /dev/null
+put 644 "$up/xenp2m_${v}+bedupgrade1_amd64.deb" "$L/debs/upgrade/xenp2m_${v}+bedupgrade1_amd64.deb"
+
+# --- the bed's test tools (not the product) -------------------------------------------------
+[ -x "$TOOLS/xenp2m-bench" ] && put 755 "$TOOLS/xenp2m-bench" /usr/local/bin/xenp2m-bench
 put 755 "$TB_DIR/dom0/scenarios.sh" $L/scenarios.sh
+put 644 "$TB_DIR/dom0/package.sh" $L/package.sh
+for f in "$TB_DIR"/dom0/scenarios.d/*.sh; do [ -f "$f" ] && put 644 "$f" "$L/scenarios.d/$(basename "$f")"; done
 put 644 "$BOOT/vmlinux" $L/vmlinux
 put 644 "$BOOT/guest-initrd.cpio.gz" $L/guest-initrd.cpio.gz
 put 644 "$TB_DIR/dom0/xenp2m-testbed.service" /etc/systemd/system/xenp2m-testbed.service

@@ -110,6 +110,20 @@ int xp2m_unmap_m2p(const uint64_t *m2p, size_t mapped_bytes);
  */
 int xp2m_domain_name(xp2m_handle *h, uint32_t domid, char *buf, size_t len);
 
+/*
+ * The Xen release series (e.g. "4.17") whose libxen-dev the shim was built against, and
+ * that release's domctl interface version (Xen refuses any other with EACCES).
+ */
+const char *xp2m_built_xen_series(void);
+uint32_t xp2m_built_domctl_interface(void);
+/* The running hypervisor's version: major.minor and the extra string (".4", ".5-pre"). */
+int xp2m_hypervisor_version(xp2m_handle *h, uint32_t *major, uint32_t *minor, char *extra, size_t len);
+/*
+ * 0 when the hypervisor accepts this build's domctl interface; otherwise the errno of a
+ * harmless domctl on dom0 (EACCES: the hypervisor speaks another interface version).
+ */
+int xp2m_check_domctl(xp2m_handle *h);
+
 /* Layout facts checked at compile time against Xen's headers (see shim.c). */
 uint32_t xp2m_shared_info_arch_offset(uint32_t width_bytes);
 

@@ -73,18 +73,8 @@ destroy_guest() { xl destroy "$1" >/dev/null 2>&1 || true; }
 # ---------------------------------------------------------------------------------------
 # xenp2m access: through the daemon and xenp2mctl when the daemon runs, else one-shot.
 
+# 1 once the package's units run xenp2md (scenario 9); else scans fall back to --once.
 DAEMON=0
-start_daemon() {
-  local t0 t1
-  t0=$(up)
-  if ! timeout -k 5 60 systemctl start xenp2md; then
-    info "systemctl start xenp2md failed: $(systemctl status xenp2md --no-pager 2>&1 | tail -8 | tr '\n' '|')"
-    return 1
-  fi
-  t1=$(up)
-  info "xenp2md started (systemctl start returned after $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s): $(systemctl show -p ActiveState,SubState,Type,MainPID xenp2md | tr '\n' ' ')"
-  DAEMON=1
-}
 
 # report DOMID: the current report of one domain as JSON on stdout (a fresh scan).
 report() {
@@ -133,7 +123,7 @@ s1() {
 # ---------------------------------------------------------------------------------------
 # Scenario 2: xen-mfndump dump-p2m against xenp2m's walk
 
-MFNDUMP=$(command -v xen-mfndump || echo /usr/lib/xen-4.17/bin/xen-mfndump)
+MFNDUMP=$(command -v xen-mfndump || ls /usr/lib/xen-*/bin/xen-mfndump 2>/dev/null | head -1)
 
 s2() {
   local d=${S1_DOMID:-} r=$WORK/s1.json dump=$WORK/s2.mfndump why="" nums
@@ -518,6 +508,34 @@ s8() {
 
 # ---------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------
+# The scenario list. A scenario is a shell function that ends with exactly one
+# `result NUM NAME PASS|FAIL|SKIP detail` (SKIP says why); `scenario NUM NAME FUNCTION`
+# registers it, and scenarios run in registration order. More scenarios live in
+# scenarios.d/*.sh (copied next to this file): each file defines its functions and calls
+# `scenario` for them; they run after the built-in ones and before the package's upgrade
+# and removal checks, with the daemon running from the installed package. Numbers:
+# 1-19 this file and package.sh, 20-39 toolstack checks (issue 12), 40-59 benchmarks.
+# run.sh learns the expected list from these `scenario` lines (a scenario that prints no
+# result fails), so adding a file here is all it takes.
+ORDER=()
+declare -A SC_NAME=() SC_FUNC=()
+scenario() { ORDER+=("$1"); SC_NAME[$1]=$2; SC_FUNC[$1]=$3; }
+
+. "$LIB/package.sh"
+scenario 9 package-install s9
+scenario 1 small-pv s1
+scenario 2 mfndump-peer s2
+scenario 4 beyond-tree s4
+scenario 3 balloon s3
+scenario 7 corruption s7
+scenario 6 destroy-during-scan s6
+scenario 8 daemon-restart s8
+scenario 5 dump-core s5
+for f in "$LIB"/scenarios.d/*.sh; do [ -f "$f" ] && . "$f"; done
+scenario 10 package-upgrade s10
+scenario 11 package-remove-purge s11
+
 mark "BEGIN uptime=$(up) dom0=$(uname -r) mode=$MODE only=${ONLY:-all}"
 # xl blocks forever without a xenstored; say plainly what is missing instead.
 for i in $(seq 1 60); do timeout -k 2 5 xenstore-ls /local/domain/0 > /dev/null 2>&1 && break; sleep 1; done
@@ -530,22 +548,13 @@ mark "XEN $(timeout -k 2 20 xl info xen_version 2>&1) free_mib=$(timeout -k 2 20
 mkdir -p "$CONLOG"
 rm -f "$CONLOG"/guest-*.log
 
-if [ "$MODE" = daemon ] || { [ "$MODE" = auto ] && systemctl cat xenp2md.service > /dev/null 2>&1; }; then
-  start_daemon || info "falling back to one-shot scans (xenp2md --once)"
-fi
-if [ $DAEMON = 1 ]; then
-  info "dom0 as xenp2md sees it: $(xenp2mctl status 0 --json 2>/dev/null | jq -c '{severity, error, domain_type, migration: .migration.verdict, findings: [.findings[].kind]}')"
-fi
-mark "T xenp2m-ready $(up)"
-
 S1_DOMID="" S7_DOMID=""
-wanted 1 && { s1; mark "T s1 $(up)"; }
-wanted 2 && { s2; mark "T s2 $(up)"; }
-wanted 4 && { s4; mark "T s4 $(up)"; }
-wanted 3 && { s3; mark "T s3 $(up)"; }
-wanted 7 && { s7; mark "T s7 $(up)"; }
-wanted 6 && { s6; mark "T s6 $(up)"; }
-wanted 8 && { s8; mark "T s8 $(up)"; }
-wanted 5 && { s5; mark "T s5 $(up)"; }
+for n in "${ORDER[@]}"; do
+  # The package is installed (scenario 9) whenever anything else runs: the daemon under
+  # test is the one the package's units started.
+  if [ "$n" = 9 ] || wanted "$n"; then
+    "${SC_FUNC[$n]}"; mark "T s$n $(up)"
+  fi
+done
 
 mark "END uptime=$(up)"
