@@ -32,6 +32,7 @@ private struct OtherHypervisor: XenControlInterface {
     func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno) { try inner.unmapM2P(base: base, mappedBytes: mappedBytes) }
     func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String { try inner.domainName(h, domid: domid) }
     func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 { inner.sharedInfoArchOffset(widthBytes: widthBytes) }
+    func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String { try inner.ownXenstoreValue(h, key: key) }
     func hypervisorVersion(_ h: XenHandle) throws(ShimErrno) -> XenVersion { version }
     func checkDomctl(_ h: XenHandle) throws(ShimErrno) { if let e = domctlErrno { throw ShimErrno(e) } }
 }

@@ -32,6 +32,26 @@ dpkg-deb --root-owner-group -Zxz -b "$up/x" "$up/xenp2m_${v}+bedupgrade1_amd64.d
 put 644 "$up/xenp2m_${v}+bedupgrade1_amd64.deb" "$L/debs/upgrade/xenp2m_${v}+bedupgrade1_amd64.deb"
 
 # --- the bed's test tools (not the product) -------------------------------------------------
+# Scenario 12: the bookworm build (Xen 4.17 libraries) run on trixie's Xen 4.20 must refuse
+# with exit 3. Its binary and bookworm's Xen libraries (this Debian 12 host's) go into a
+# private directory, used only with LD_LIBRARY_PATH; the host's copies are bookworm's.
+if [ "$SUITE" = trixie ]; then
+  other=$(ls "$TB_CACHE"/bookworm/dist/xenp2m_*+deb12_amd64.deb 2>/dev/null | head -1)
+  if [ -n "$other" ] && [ "$(. /etc/os-release && echo "$VERSION_CODENAME")" = bookworm ]; then
+    fx=$(mktemp -d); dpkg-deb -x "$other" "$fx"
+    put 755 "$fx/usr/sbin/xenp2md" $L/foreign/xenp2md
+    rm -rf "$fx"
+    for f in /usr/lib/x86_64-linux-gnu/libxen*.so.*; do
+      [ -f "$f" ] && [ ! -L "$f" ] || continue
+      put 644 "$f" "$L/foreign/lib/$(basename "$f")"
+      # The sonames the loader looks for (libxenctrl.so.4.17, libxencall.so.1, ...).
+      so=$(objdump -p "$f" 2>/dev/null | awk '$1 == "SONAME" { print $2 }')
+      [ -n "$so" ] && [ "$so" != "$(basename "$f")" ] && ln -sf "$(basename "$f")" "$ROOT$L/foreign/lib/$so" && echo "$L/foreign/lib/$so" >> "$manifest"
+    done
+    echo "$(basename "$other")" > "$ROOT$L/foreign/from"; echo "$L/foreign/from" >> "$manifest"
+  fi
+fi
+
 [ -x "$TOOLS/xenp2m-bench" ] && put 755 "$TOOLS/xenp2m-bench" /usr/local/bin/xenp2m-bench
 put 755 "$TB_DIR/dom0/scenarios.sh" $L/scenarios.sh
 put 644 "$TB_DIR/dom0/package.sh" $L/package.sh

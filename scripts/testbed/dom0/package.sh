@@ -99,3 +99,22 @@ s11() {
   local nums="after dpkg -r: [${left_r% }]; after dpkg -P: [${left_p% }]"
   if [ -z "$why" ]; then result 11 package-remove-purge PASS "$nums"; else result 11 package-remove-purge FAIL "$why | $nums"; fi
 }
+
+# Scenario 12: a build for the other Xen release is refused with one line and exit 3.
+s12() {
+  local f=$LIB/foreign rc out
+  if [ "$(xl info xen_version 2>/dev/null | cut -d. -f1,2)" = 4.17 ]; then
+    result 12 wrong-release-refused SKIP "on bookworm the other build is trixie's: linked against glibc 2.41 and libxenctrl 4.20, it cannot even be loaded here (and dpkg refuses its Depends), so the hypervisor check is never reached; checked on trixie with the bookworm build"
+    return
+  fi
+  [ -x "$f/xenp2md" ] || { result 12 wrong-release-refused SKIP "no bookworm build in this run's cache (run.sh runs bookworm first)"; return; }
+  out=$(LD_LIBRARY_PATH=$f/lib timeout -k 5 60 "$f/xenp2md" --backend xen --once 2>&1); rc=$?
+  local ver; ver=$(LD_LIBRARY_PATH=$f/lib "$f/xenp2md" --version 2>&1)
+  local lines; lines=$(printf '%s\n' "$out" | grep -c .)
+  local nums="$(cat "$f/from" 2>/dev/null) ('$ver') on Xen $(xl info xen_version 2>/dev/null): exit $rc, $lines line(s): $(printf '%s' "$out" | tr '\n' '|' | cut -c1-300)"
+  if [ "$rc" = 3 ] && [[ $out == *"refuses the interface of this build"* ]]; then
+    result 12 wrong-release-refused PASS "$nums"
+  else
+    result 12 wrong-release-refused FAIL "expected exit 3 and 'refuses the interface' | $nums"
+  fi
+}

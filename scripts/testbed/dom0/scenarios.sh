@@ -532,6 +532,7 @@ scenario 7 corruption s7
 scenario 6 destroy-during-scan s6
 scenario 8 daemon-restart s8
 scenario 5 dump-core s5
+scenario 12 wrong-release-refused s12
 for f in "$LIB"/scenarios.d/*.sh; do [ -f "$f" ] && . "$f"; done
 scenario 10 package-upgrade s10
 scenario 11 package-remove-purge s11
