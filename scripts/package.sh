@@ -198,6 +198,8 @@ gzip -9nc "$REPO/README.md" > "$D/README.md.gz"
 gzip -9nc "$PKGDIR/debian/changelog" > "$D/changelog.gz"
 install -m 644 "$PKGDIR/debian/copyright" "$D/copyright"
 for f in postinst prerm postrm; do install -m 755 "$PKGDIR/debian/$f" "$S/DEBIAN/$f"; done
+# The one lintian override; its file says why (Yams vendors libyaml, linked in statically).
+install -D -m 644 "$PKGDIR/debian/lintian-overrides" "$S/usr/share/lintian/overrides/xenp2m"
 
 # --- control: Depends from dpkg-shlibdeps of this release ---------------------------------------
 mkdir -p "$WORK/shlibs/debian"
