@@ -93,7 +93,8 @@ rm -rf "$WORK/src"; mkdir -p "$WORK/src"
 # --- release build ------------------------------------------------------------------------
 rel_log "swift release build for $SUITE (Xen $XEN_SERIES)"
 t=$(date +%s)
-SW="swift build -c release --static-swift-stdlib --scratch-path $B/scratch --config-path $B/swiftpm-config --security-path $B/swiftpm-security"
+# Full RELRO (lintian's hardening-no-relro): the static Swift link does not ask for it.
+SW="swift build -c release --static-swift-stdlib -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now --scratch-path $B/scratch --config-path $B/swiftpm-config --security-path $B/swiftpm-security"
 products="xenp2md xenp2mctl"
 [ "${XENP2M_PACKAGE_TEST_TOOLS:-0}" = 1 ] && products+=" xenp2m-bench"
 for p in $products; do
@@ -190,6 +191,8 @@ for tool in xenp2mctl xenp2md; do
   in_env "$B/scratch/release/$tool --generate-completion-script zsh" > "$S/usr/share/zsh/vendor-completions/_$tool"
   in_env "$B/scratch/release/$tool --generate-completion-script fish" > "$S/usr/share/fish/vendor_completions.d/$tool.fish"
 done
+# bash-completion files are sourced, not run: no #! line (lintian's bash-completion-with-hashbang).
+sed -i '1{/^#!/d}' "$S"/usr/share/bash-completion/completions/*
 chmod 644 "$S"/usr/share/*/*completions*/* "$S"/usr/share/fish/vendor_completions.d/*
 
 D=$S/usr/share/doc/xenp2m
@@ -221,11 +224,11 @@ Depends: $deps
 Section: admin
 Priority: optional
 Description: P2M consistency monitor for Xen PV guests
- xenp2md runs in a Xen dom0 (Xen $XEN_SERIES, as shipped by Debian $SUITE), reads
- every paravirtualized guest's P2M table (pfn to mfn) through libxenctrl, checks it
- against Xen's M2P and against itself, and serves the reports on a Unix socket,
- to Prometheus and to scripts. xenp2mctl is its command-line client and also checks
- xl dump-core files offline.
+ xenp2md runs in a Xen dom0 (Xen $XEN_SERIES, as in Debian $SUITE), reads every
+ paravirtualized guest's P2M table (pfn to mfn) through libxenctrl, checks it
+ against Xen's M2P and against itself, and serves the reports on a Unix
+ socket, to Prometheus and to scripts. xenp2mctl is its command-line client
+ and also checks xl dump-core files offline.
  .
  Built for Xen $XEN_SERIES; the daemon refuses, with exit status 3, a hypervisor
  whose interface its libraries cannot drive.
