@@ -36,7 +36,7 @@ put 644 "$up/xenp2m_${v}+bedupgrade1_amd64.deb" "$L/debs/upgrade/xenp2m_${v}+bed
 # with exit 3. Its binary and bookworm's Xen libraries (this Debian 12 host's) go into a
 # private directory, used only with LD_LIBRARY_PATH; the host's copies are bookworm's.
 if [ "$SUITE" = trixie ]; then
-  other=$(ls "$TB_CACHE"/bookworm/dist/xenp2m_*+deb12_amd64.deb 2>/dev/null | head -1)
+  other=$(ls "$TB_CACHE"/bookworm/dist/xenp2m_*+deb12_amd64.deb 2>/dev/null | head -1 || true)
   if [ -n "$other" ] && [ "$(. /etc/os-release && echo "$VERSION_CODENAME")" = bookworm ]; then
     fx=$(mktemp -d); dpkg-deb -x "$other" "$fx"
     put 755 "$fx/usr/sbin/xenp2md" $L/foreign/xenp2md
