@@ -171,17 +171,20 @@ s2() {
   [ "$entries" = "$(jv "$r" .max_pfn.effective)" ] || why+=" size:mfndump=$entries/xenp2m_effective=$(jv "$r" .max_pfn.effective)"
   [ "$dup" = 0 ] || why+=" mfndump-duplicates=$dup"
   [ "$badc" = 0 ] || why+=" $st"
-  # Entry-for-entry comparison needs xenp2m's walked table ("pfn mfn" hex lines); used
-  # when the CLI offers it, else counts and per-cell classes are what can be compared.
+  # Entry for entry: xenp2mctl dump-p2m prints xen-mfndump's own "pfn=.. ==> mfn=.." lines
+  # (without the type column); both are reduced to "pfn mfn" pairs. Without dump-p2m in
+  # the CLI, counts and per-cell classes are what can be compared.
   local full="no 'xenp2mctl dump-p2m' in this build: compared counts, sizes and per-cell classes, not every entry"
   if [ $DAEMON = 1 ] && has_subcommand dump-p2m; then
     if timeout -k 5 120 xenp2mctl dump-p2m "$d" > "$WORK/s2.xenp2m" 2> "$WORK/s2.xenp2m.err"; then
       norm() { awk '{ p = tolower($1); m = tolower($2); sub(/^0x/, "", p); sub(/^0x/, "", m)
                       sub(/^0+/, "", p); sub(/^0+/, "", m); print (p == "" ? 0 : p), (m == "" ? 0 : m) }' "$1" | sort; }
-      awk '/==> mfn=/ { split($1, a, "="); split($3, b, "="); print a[2], b[2] }' "$dump" > "$WORK/s2.pairs"
+      pairs() { awk '/==> mfn=/ { split($1, a, "="); split($3, b, "="); print a[2], b[2] }' "$1"; }
+      pairs "$dump" > "$WORK/s2.pairs"
+      pairs "$WORK/s2.xenp2m" > "$WORK/s2.xenp2m.pairs"
       local ndiff
-      ndiff=$(comm -3 <(norm "$WORK/s2.pairs") <(norm "$WORK/s2.xenp2m") | wc -l)
-      full="entry for entry: $(wc -l < "$WORK/s2.xenp2m") xenp2m lines vs $entries xen-mfndump lines, $ndiff differing"
+      ndiff=$(comm -3 <(norm "$WORK/s2.pairs") <(norm "$WORK/s2.xenp2m.pairs") | wc -l)
+      full="entry for entry: $(wc -l < "$WORK/s2.xenp2m.pairs") xenp2m entries vs $entries xen-mfndump entries, $ndiff differing"
       [ "$ndiff" = 0 ] || why+=" entries-differ=$ndiff"
     else
       why+=" xenp2mctl-dump-p2m-failed:$(head -c 200 "$WORK/s2.xenp2m.err" | tr '\n' ' ')"
