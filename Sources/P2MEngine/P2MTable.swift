@@ -33,7 +33,7 @@ public struct P2MTable: Sendable, Equatable {
         let nr = try? host.nrGpfns(domid)
         let session = HostSession(host: host, domid: domid, batchFrames: batchFrames)
         // Bounded like a scan: a guest's max_pfn cannot size more than its domain could own.
-        let byDomain = max(info.maxPages, info.totPages, maxMFN &+ 1).multipliedReportingOverflow(by: 2).partialValue &+ (1 << 20)
+        let byDomain = P2MScanner.domainPfnBound(info, maxMFN: maxMFN)
         let bound = max(byDomain, P2MScanner.pfnSpaceAlwaysAllowed)
         let model = ToolstackModel(session: session, width: width, maxMFN: maxMFN, m2p: m2p.entries, shared: si,
                                    sampleLimit: 1, walkMaxPfn: min(max(si.maxPfn, nr ?? 0), bound))

@@ -39,6 +39,12 @@ public final class P2MScanner: @unchecked Sendable {
     /// 2^30 pfns = 4 TiB of pseudo-physical space.
     public static let pfnSpaceAlwaysAllowed: UInt64 = 1 << 30
 
+    /// The pfns a domain could own: twice what Xen counts for it (or the host's frames),
+    /// plus 4 GiB of slack. Bounds a guest's max_pfn beyond the fixed allowance above.
+    static func domainPfnBound(_ info: DomainInfo, maxMFN: UInt64) -> UInt64 {
+        max(info.maxPages, info.totPages, maxMFN &+ 1).multipliedReportingOverflow(by: 2).partialValue &+ (1 << 20)
+    }
+
     public init(host: any P2MHost, options: ScanOptions = ScanOptions()) {
         self.host = host
         self.options = options
@@ -255,7 +261,7 @@ public final class P2MScanner: @unchecked Sendable {
         // guest's maxmem (a ballooning guest's max_pages is its memory plus slack while
         // its P2M is sized for maxmem), so a fixed 4 TiB of pfns is always allowed: that
         // caps the leaf list at 16 MiB and the walk at what the structure holds.
-        let byDomain = max(info.maxPages, info.totPages, maxMFN &+ 1).multipliedReportingOverflow(by: 2).partialValue &+ (1 << 20)
+        let byDomain = Self.domainPfnBound(info, maxMFN: maxMFN)
         let plausible = max(byDomain, Self.pfnSpaceAlwaysAllowed)
         var maxPfn = si.maxPfn
         if maxPfn > plausible {
