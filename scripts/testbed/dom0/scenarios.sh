@@ -503,9 +503,10 @@ s8() {
          while read -r k; do jq -rs '.[] | "\(.seq) \(.kind) \(.domid)"' "$after" | grep -qx "$k" && echo ok; done | wc -l)
   [ "$kept" = "$nb" ] || why+=" incidents-kept=$kept/$nb"
   if [ -n "${S7_DOMID:-}" ]; then
-    if ! jq -e "select(.domid == $S7_DOMID and .severity == \"critical\")" "$after" > /dev/null; then
+    # One document per event: -s, because jq 1.6 (bookworm) takes -e's status from the
+    # last input alone, so a match followed by another domain's event read as "missing".
+    if ! jq -se "any(.[]; .domid == $S7_DOMID and .severity == \"critical\")" "$after" > /dev/null; then
       why+=" s7-critical-incident-missing"
-      # Seen once (4.17, 2026-12-03) and not reproduced: say what was there instead.
       info "s8 events of s7's domid $S7_DOMID before: $(jq -rc "select(.domid == $S7_DOMID) | [.seq, .kind, .severity]" "$before" | tr '\n' ' ')"
       info "s8 events of s7's domid $S7_DOMID after: $(jq -rc "select(.domid == $S7_DOMID) | [.seq, .kind, .severity]" "$after" | tr '\n' ' ')"
       info "s8 s7 status now: $(status "$S7_DOMID" | jq -c '{severity, findings: [.findings[].kind]}' 2>&1)"
