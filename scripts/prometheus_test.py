@@ -389,7 +389,7 @@ def check_dashboard():
             result(name, n >= 1, f"{n} series")
 
 
-def check_fleet():
+def check_fleet(daemons):
     """`xenp2mctl fleet` against this Prometheus while host-c's guest 2 is broken."""
     ctl = os.path.join(ARGS.bin, "xenp2mctl")
     url = f"http://{LOOPBACK}:{ARGS.prom_port}"
@@ -416,7 +416,31 @@ def check_fleet():
     except (ValueError, KeyError, IndexError) as e:
         ok, detail = False, f"exit {p.returncode}: {e}: {p.stdout[:300]} {p.stderr[:300]}"
     result("xenp2mctl fleet --json", ok, detail)
+    if ok:
+        check_fleet_preflight(rows, {d.host: d for d in daemons})
     return ok
+
+
+# preflight's exit status per outcome (README, "Say what the toolstack will do")
+OUTCOME_LEVEL = {"works": 0, "aborts_if_changing": 1, "risky": 1, "incomplete": 1, "copies_wrong_memory": 2, "fails": 2}
+
+
+def check_fleet_preflight(rows, daemons):
+    """The PREFLIGHT column, through Prometheus, against each daemon's own report (its socket)."""
+    ctl = os.path.join(ARGS.bin, "xenp2mctl")
+    wrong, seen = [], set()
+    for row in rows:
+        p = subprocess.run([ctl, "--socket", daemons[row["host"]].socket, "preflight", str(row["domid"]), "--cached", "--json"],
+                           capture_output=True, text=True, timeout=30)
+        section = json.loads(p.stdout) if p.stdout.strip() else None
+        expected = {pr["operation"]: OUTCOME_LEVEL[pr["outcome"]] for pr in (section or {}).get("predictions", [])}
+        if row.get("toolstack") != expected:
+            wrong.append(f"{row['host']}/{row['domid']}: fleet {row.get('toolstack')} vs daemon {expected} (preflight exit {p.returncode})")
+        seen.add(row.get("preflight", "-"))
+    payroll = next(r for r in rows if r["host"] == "host-c" and r["domid"] == 2)
+    ok = not wrong and payroll.get("preflight", "").startswith("unsafe(") and "safe" in seen and "-" in seen
+    result("xenp2mctl fleet: PREFLIGHT per guest equals the daemon's own prediction", ok,
+           "; ".join(wrong[:4]) or f"payroll {payroll.get('preflight')} {payroll.get('toolstack')}; column values {sorted(seen)}")
 
 
 def check_fleet_errors():
@@ -525,7 +549,7 @@ def run():
         # 4. Every dashboard query on this fleet (the broken guest included).
         check_dashboard()
         # 5. The fleet view.
-        check_fleet()
+        check_fleet(daemons)
 
         # 6. Clear the fault: host-c back on the repaired fleet.
         host_c.stop()

@@ -47,9 +47,46 @@ struct FleetGuest: Encodable {
     var severity: String
     var format: String?
     var migration: String?
+    /// `xenp2m_domain_toolstack_outcome_level` per operation (save, migrate, dump_core):
+    /// preflight's exit status, 0 safe, 1 risky, 2 fails or copies the wrong memory.
+    var toolstack: [String: Int]
     var findings: [String]
 
     var parsedSeverity: Severity { Severity(rawValue: severity) ?? .error }
+
+    /// The worst of the host's operations and which ones it hits: `safe`, `risky(migrate)`,
+    /// `unsafe(save,migrate)` (fails or copies the wrong memory); nil without a prediction
+    /// (not PV, scan failed). The pre-4.6 tree-only line is information only, as in
+    /// preflight's exit status.
+    var preflightLevel: Int? {
+        Self.operations.compactMap { toolstack[$0] }.max()
+    }
+    var preflight: String? {
+        guard let worst = preflightLevel else { return nil }
+        if worst == 0 { return "safe" }
+        let ops = Self.operations.filter { toolstack[$0] == worst }.joined(separator: ",")
+        return "\(worst == 1 ? "risky" : "unsafe")(\(ops))"
+    }
+    static let operations = [ToolstackOperation.save, .migrate, .dumpCore].map(\.rawValue)
+
+    enum CodingKeys: String, CodingKey {
+        case host, instance, domid, name, uuid, severity, format, migration, toolstack, preflight, findings
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(host, forKey: .host)
+        try c.encode(instance, forKey: .instance)
+        try c.encode(domid, forKey: .domid)
+        try c.encode(name, forKey: .name)
+        try c.encode(uuid, forKey: .uuid)
+        try c.encode(severity, forKey: .severity)
+        try c.encodeIfPresent(format, forKey: .format)
+        try c.encodeIfPresent(migration, forKey: .migration)
+        try c.encode(toolstack, forKey: .toolstack)
+        try c.encodeIfPresent(preflight, forKey: .preflight)
+        try c.encode(findings, forKey: .findings)
+    }
 }
 
 /// One scrape target of the job: down, or up but unable to list its domains, is UNKNOWN.
@@ -89,6 +126,7 @@ struct FleetView: Encodable {
         let formats = try api.query("xenp2m_domain_p2m_format_info{\(sel)} == 1")
         let verdicts = try api.query("xenp2m_domain_migration_verdict_info{\(sel)} == 1")
         let findings = try api.query("xenp2m_domain_findings{\(sel)} > 0")
+        let outcomes = try api.query("xenp2m_domain_toolstack_outcome_level{\(sel)} >= 0")
         let up = try api.query("up{\(sel)}")
         let listing = try api.query("xenp2m_domain_listing_failures{\(sel)}")
 
@@ -100,13 +138,16 @@ struct FleetView: Encodable {
         for s in verdicts { verdict[key(s.metric)] = s.metric["verdict"] }
         var kinds: [String: [String]] = [:]
         for s in findings { if let k = s.metric["kind"] { kinds[key(s.metric), default: []].append(k) } }
+        var toolstack: [String: [String: Int]] = [:]
+        for s in outcomes { if let op = s.metric["operation"] { toolstack[key(s.metric), default: [:]][op] = Int(s.value) } }
 
         var guests: [FleetGuest] = severity.compactMap { s in
             guard let d = s.metric["domid"].flatMap({ UInt32($0) }) else { return nil }
             let sev = Severity.allCases.first { Double($0.rank) == s.value } ?? .error
             return FleetGuest(host: host(s.metric), instance: s.metric["instance"] ?? "", domid: d, name: s.metric["name"] ?? "",
                               uuid: s.metric["uuid"] ?? "", severity: sev.rawValue, format: format[key(s.metric)],
-                              migration: verdict[key(s.metric)], findings: (kinds[key(s.metric)] ?? []).sorted())
+                              migration: verdict[key(s.metric)], toolstack: toolstack[key(s.metric)] ?? [:],
+                              findings: (kinds[key(s.metric)] ?? []).sorted())
         }
         guests.sort(by: worstFirst)
 
@@ -125,20 +166,23 @@ struct FleetView: Encodable {
         return FleetView(prometheus: api.base, job: job, targets: targets, guests: guests, state: state)
     }
 
-    /// CRITICAL, WARNING, UNKNOWN (scan errors), OK, then not applicable; by host and domid.
+    /// CRITICAL, WARNING, UNKNOWN (scan errors), OK, then not applicable; within one, the
+    /// worse toolstack prediction first; then by host and domid.
     static func worstFirst(_ a: FleetGuest, _ b: FleetGuest) -> Bool {
         let (na, nb) = (NagiosState(a.parsedSeverity).rank, NagiosState(b.parsedSeverity).rank)
         if na != nb { return na > nb }
         if a.parsedSeverity != b.parsedSeverity { return a.parsedSeverity > b.parsedSeverity }
+        let (pa, pb) = (a.preflightLevel ?? -1, b.preflightLevel ?? -1)
+        if pa != pb { return pa > pb }
         return (a.host, a.domid) < (b.host, b.domid)
     }
 
     func rendered() -> String {
         let rows = guests.map { g in
             [g.host, "\(g.domid)", g.name.isEmpty ? "-" : g.name, g.severity, g.format.flatMap { $0 == "none" ? nil : $0 } ?? "-", g.migration ?? "-",
-             g.findings.isEmpty ? "-" : g.findings.joined(separator: ",")]
+             g.preflight ?? "-", g.findings.isEmpty ? "-" : g.findings.joined(separator: ",")]
         }
-        var out = Render.table(["HOST", "DOMID", "NAME", "SEVERITY", "FORMAT", "MIGRATION", "FINDINGS"], rows)
+        var out = Render.table(["HOST", "DOMID", "NAME", "SEVERITY", "FORMAT", "MIGRATION", "PREFLIGHT", "FINDINGS"], rows)
         for t in targets where !t.up {
             out += "DOWN: \(t.host) (\(t.instance)): Prometheus cannot scrape it; its guests are not listed\n"
         }
