@@ -8,11 +8,33 @@
  * and the guest keeps running with the damaged entry; the kernel's own mapping of the
  * victim page still points at its original frame, only the published P2M is wrong.
  * Result line on the console: "P2MCORRUPT pfn=0x.. mfn=0x..->0x.. donor_pfn=0x..".
+ *
+ * Both pages are filled first, each with its own marker, and the victim is watched through
+ * the kernel's mapping made before the damage: every second it is compared with the donor,
+ * and each change is printed, "P2MPAGE pfn=0x.. holds=own|donor|other". A save copies the
+ * victim pfn from the frame its entry names, so a guest restored from that image prints
+ * "holds=donor": the image held the donor's page at the victim's pfn.
+ *
+ * With leaf=N it damages the P2M's own storage instead: the entry of the pfn whose page
+ * holds leaf N of the linear list (entries N*512.. on x86-64) is set to INVALID, or with
+ * leaf_other=1 to another frame of this guest. The leaf page stays mapped where the kernel
+ * mapped it, so the guest runs on; but m2p[leaf mfn] now names a pfn whose entry is not
+ * that frame, which libxenguest's save path refuses ("Bad mfn in p2m_frame_list[N]").
+ * Result line: "P2MLEAF leaf=N pfn=0x.. mfn=0x..->0x..".
+ *
+ * With fll_none=1 it touches no P2M entry: shared_info's frame-list-list becomes ~0, what
+ * Linux publishes when the tools ask for the virtual list only (SIF_VIRT_P2M_4TOOLS), so
+ * only the linear list describes the P2M. Result line: "P2MFLL fll=0x..->0x..".
  */
 #include <linux/module.h>
 #include <linux/gfp.h>
 #include <linux/mm.h>
+#include <linux/vmalloc.h>
 #include <xen/xen.h>
+#include <linux/kprobes.h>
+#include <linux/string.h>
+#include <linux/workqueue.h>
+#include <xen/interface/xen.h>
 #include <asm/xen/page.h>
 
 static struct page *victim, *donor;
@@ -26,6 +48,118 @@ static bool victim_above;
 module_param(victim_above, bool, 0444);
 MODULE_PARM_DESC(victim_above, "rewrite the higher of the two pfns (default: the lower)");
 
+static int leaf = -1;
+module_param(leaf, int, 0444);
+MODULE_PARM_DESC(leaf, "instead: take the frame holding P2M leaf N out of the pseudo-physical map (default -1: off)");
+
+static bool leaf_other;
+module_param(leaf_other, bool, 0444);
+MODULE_PARM_DESC(leaf_other, "with leaf: point that pfn's entry at another frame of this guest (default: INVALID)");
+
+static bool fll_none;
+module_param(fll_none, bool, 0444);
+MODULE_PARM_DESC(fll_none, "instead: publish fll = ~0 (the linear list only)");
+
+/* What the victim's own mapping shows; printed when it changes. */
+static const char *last_seen;
+static void watch_victim(struct work_struct *w);
+static DECLARE_DELAYED_WORK(watch, watch_victim);
+
+static void fill(struct page *p, const char *who, unsigned char byte)
+{
+	char *va = page_address(p);
+
+	memset(va, byte, PAGE_SIZE);
+	snprintf(va, 64, "XTB-PAGE %s pfn=0x%lx", who, page_to_pfn(p));
+}
+
+static void watch_victim(struct work_struct *w)
+{
+	const char *v = page_address(victim), *d = page_address(donor), *now;
+
+	if (!memcmp(v, d, PAGE_SIZE))
+		now = "donor";
+	else if (!strncmp(v, "XTB-PAGE victim ", 16))
+		now = "own";
+	else
+		now = "other";
+	if (now != last_seen) {
+		pr_emerg("P2MPAGE pfn=0x%lx holds=%s first=%.40s\n", page_to_pfn(victim), now, v);
+		last_seen = now;
+	}
+	schedule_delayed_work(&watch, HZ);
+}
+
+#define LEAF_ENTRIES (PAGE_SIZE / sizeof(unsigned long))
+
+static int __init corrupt_leaf(void)
+{
+	unsigned long first = (unsigned long)leaf * LEAF_ENTRIES, lpfn, old_mfn, new_mfn;
+	struct page *holder;
+
+	if (first >= xen_p2m_size) {
+		pr_err("P2MLEAF-FAIL leaf %d is beyond the p2m list (%lu entries)\n", leaf, xen_p2m_size);
+		return -ERANGE;
+	}
+	/* The list is virtually mapped: the page behind this address is the leaf's frame. */
+	holder = vmalloc_to_page(&xen_p2m_addr[first]);
+	if (!holder) {
+		pr_err("P2MLEAF-FAIL leaf %d is not mapped\n", leaf);
+		return -EFAULT;
+	}
+	lpfn = page_to_pfn(holder);
+	if (lpfn >= xen_p2m_size) {
+		pr_err("P2MLEAF-FAIL leaf page pfn beyond the p2m list\n");
+		return -ERANGE;
+	}
+	old_mfn = READ_ONCE(xen_p2m_addr[lpfn]);
+	new_mfn = INVALID_P2M_ENTRY;
+	if (leaf_other) {
+		donor = alloc_page(GFP_KERNEL);
+		if (!donor) {
+			pr_err("P2MLEAF-FAIL no page\n");
+			return -ENOMEM;
+		}
+		new_mfn = READ_ONCE(xen_p2m_addr[page_to_pfn(donor)]);
+	}
+	WRITE_ONCE(xen_p2m_addr[lpfn], new_mfn);
+	pr_emerg("P2MLEAF leaf=%d pfn=0x%lx mfn=0x%lx->0x%lx\n", leaf, lpfn, old_mfn, new_mfn);
+	return 0;
+}
+
+/*
+ * HYPERVISOR_shared_info is not exported to modules, and kallsyms_lookup_name no longer is
+ * (5.7): a kprobe on it yields its address, the usual way for a test module to reach a
+ * private symbol.
+ */
+static unsigned long lookup_symbol(const char *name)
+{
+	typedef unsigned long (*lookup_fn)(const char *);
+	struct kprobe kp = { .symbol_name = "kallsyms_lookup_name" };
+	lookup_fn lookup;
+
+	if (register_kprobe(&kp) < 0)
+		return 0;
+	lookup = (lookup_fn)kp.addr;
+	unregister_kprobe(&kp);
+	return lookup ? lookup(name) : 0;
+}
+
+static int __init publish_no_fll(void)
+{
+	struct shared_info **sip = (struct shared_info **)lookup_symbol("HYPERVISOR_shared_info");
+	unsigned long old_fll;
+
+	if (!sip || !*sip) {
+		pr_err("P2MFLL-FAIL HYPERVISOR_shared_info not found\n");
+		return -ENOENT;
+	}
+	old_fll = READ_ONCE((*sip)->arch.pfn_to_mfn_frame_list_list);
+	WRITE_ONCE((*sip)->arch.pfn_to_mfn_frame_list_list, ~0UL);
+	pr_emerg("P2MFLL fll=0x%lx->0x%lx\n", old_fll, ~0UL);
+	return 0;
+}
+
 static int __init p2mcorrupt_init(void)
 {
 	unsigned long vpfn, dpfn, old_mfn, new_mfn;
@@ -34,6 +168,10 @@ static int __init p2mcorrupt_init(void)
 		pr_err("P2MCORRUPT-FAIL not a Xen PV guest\n");
 		return -ENODEV;
 	}
+	if (fll_none)
+		return publish_no_fll();
+	if (leaf >= 0)
+		return corrupt_leaf();
 	victim = alloc_page(GFP_KERNEL);
 	donor = alloc_page(GFP_KERNEL);
 	if (!victim || !donor) {
@@ -48,15 +186,18 @@ static int __init p2mcorrupt_init(void)
 		pr_err("P2MCORRUPT-FAIL pfn beyond the p2m list\n");
 		return -ERANGE;
 	}
+	fill(victim, "victim", 0x11);
+	fill(donor, "donor", 0x22);
 	old_mfn = READ_ONCE(xen_p2m_addr[vpfn]);
 	new_mfn = READ_ONCE(xen_p2m_addr[dpfn]);
 	/* The list is the storage the tree's leaves share, so one store changes both. */
 	WRITE_ONCE(xen_p2m_addr[vpfn], new_mfn);
 	pr_emerg("P2MCORRUPT pfn=0x%lx mfn=0x%lx->0x%lx donor_pfn=0x%lx\n",
 		 vpfn, old_mfn, new_mfn, dpfn);
+	schedule_delayed_work(&watch, 0);
 	return 0;
 }
 module_init(p2mcorrupt_init);
 
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("xenp2m test bed: corrupt one P2M entry of this PV guest");
+MODULE_DESCRIPTION("xenp2m test bed: corrupt one P2M entry, or the P2M's own storage, of this PV guest");
