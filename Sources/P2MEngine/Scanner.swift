@@ -84,7 +84,7 @@ public final class P2MScanner: @unchecked Sendable {
     private func errorReport(domid: DomID, info: DomainInfo?, error: Error) -> P2MReport {
         var message = "\(error)"
         if let h = error as? HostError, h.isDomainGone {
-            message = "domain \(domid) vanished during the scan (\(h))"
+            message = "domain \(domid) \(HostError.vanishedDuringScan) (\(h))"
         }
         let i = info ?? DomainInfo(domid: domid, type: .pv, totPages: 0, maxPages: 0, sharedInfoFrame: 0, uuid: [])
         var r = baseReport(i, severity: .error, verdict: MigrationReadiness(verdict: .unknown, reason: "scan failed: \(message)"))
@@ -113,8 +113,8 @@ public final class P2MScanner: @unchecked Sendable {
         // A table shorter than the host would turn every frame above its end into a
         // bogus mfn_out_of_range: the scan cannot be trusted, so it is an error instead.
         guard UInt64(m2p.entries.count) > maxMFN else {
-            throw HostError.system(operation: "map the M2P table up to MFN \(hex(maxMFN)) (the mapping has \(m2p.entries.count) entries, not \(maxMFN &+ 1))",
-                                   errno: ERANGE)
+            throw HostError.inconsistent(operation: "map the M2P table up to MFN \(hex(maxMFN))",
+                                         detail: "the mapping has \(m2p.entries.count) entries, not \(maxMFN &+ 1)")
         }
 
         // Incremental mode: this scan's share of re-verification and the memo it updates
@@ -193,7 +193,8 @@ public final class P2MScanner: @unchecked Sendable {
     private func readSharedInfo(_ info: DomainInfo, _ width: GuestWidth) throws(HostError) -> ArchSharedInfo {
         let page = try host.sharedInfoPage(info.domid, frame: info.sharedInfoFrame)
         guard let si = ArchSharedInfo(page: page, width: width) else {
-            throw HostError.system(operation: "read shared info of domain \(info.domid)", errno: EIO)
+            throw HostError.inconsistent(operation: "read shared info of domain \(info.domid)",
+                                         detail: "a \(page.count)-byte page is not a \(width.bits)-bit shared-info page")
         }
         return si
     }

@@ -176,7 +176,8 @@ public final class XenHost: P2MHost, @unchecked Sendable {
             try control.readSharedInfoPage(handle, domid: domid, frame: frame)
         }
         guard page.count == pageSize else {
-            throw .system(operation: "read shared info frame \(hex(frame)) of domain \(domid) (\(page.count) bytes)", errno: EIO)
+            throw .inconsistent(operation: "read shared info frame \(hex(frame)) of domain \(domid)",
+                                detail: "\(page.count) bytes, not a \(pageSize)-byte page")
         }
         return page
     }
@@ -194,7 +195,8 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         }
         guard mapped.errors.count == mfns.count else {
             unmapFrames(base: mapped.base, count: count, domid: domid)
-            throw .system(operation: "map \(mfns.count) frames of domain \(domid) (\(mapped.errors.count) error slots)", errno: EIO)
+            throw .inconsistent(operation: "map \(mfns.count) frames of domain \(domid)",
+                                detail: "\(mapped.errors.count) per-frame error slots for \(mfns.count) frames")
         }
         // The closure holds self strongly: the mapping must be undone through the handle
         // that made it, so the handle stays open until the engine drops the last mapping.
