@@ -191,12 +191,7 @@ public final class P2MScanner: @unchecked Sendable {
     }
 
     private func readSharedInfo(_ info: DomainInfo, _ width: GuestWidth) throws(HostError) -> ArchSharedInfo {
-        let page = try host.sharedInfoPage(info.domid, frame: info.sharedInfoFrame)
-        guard let si = ArchSharedInfo(page: page, width: width) else {
-            throw HostError.inconsistent(operation: "read shared info of domain \(info.domid)",
-                                         detail: "a \(page.count)-byte page is not a \(width.bits)-bit shared-info page")
-        }
-        return si
+        try ArchSharedInfo.read(from: host, info, width)
     }
 
     private func migration(_ r: P2MReport, _ a: Attempt) -> MigrationReadiness {
