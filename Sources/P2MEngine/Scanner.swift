@@ -307,8 +307,7 @@ public final class P2MScanner: @unchecked Sendable {
                 a.findings.add(.listVaddrInvalid, FindingSample(found: si.p2mVaddr, format: .linearList, note: problem))
                 a.list = FormatInfo(published: true, walked: false, levels: levels, root: root, vaddr: si.p2mVaddr, leafFrames: 0, capacityPfns: nil)
             } else {
-                let vaBits = UInt64(12 + 9 * levels - (width == .bits64 ? 0 : 7))
-                let vpnStart = (si.p2mVaddr & ((1 << vaBits) - 1)) >> pageShift
+                let vpnStart = (si.p2mVaddr & ((1 << UInt64(shape.vaBits)) - 1)) >> pageShift
                 let walker = RadixWalker(shape: shape, format: .linearList, maxMFN: maxMFN, session: a.session)
                 let w = try walker.walk(root: root, vpnStart: vpnStart, leafCount: leafCount, trim: true, findings: &a.findings)
                 listWalk = w
@@ -352,17 +351,18 @@ public final class P2MScanner: @unchecked Sendable {
         if o1 || o2 { return "range from \(hex(vaddr)) wraps the address space" }
         switch width {
         case .bits64:
-            let vaBits = UInt64(12 + 9 * levels)
+            let vaBits = UInt64(RadixShape.pageTables(levels: levels).vaBits)
             func canonical(_ v: UInt64) -> Bool {
                 let shift = vaBits - 1
                 return (Int64(bitPattern: v) >> Int64(shift)) == (Int64(bitPattern: v) >> 63)
             }
             if !canonical(vaddr) || !canonical(end) { return "range \(hex(vaddr))-\(hex(end)) is not canonical" }
-            let holeStart: UInt64 = 0xFFFF_8000_0000_0000, holeEnd: UInt64 = 0xFFFF_87FF_FFFF_FFFF
-            if vaddr <= holeEnd && end >= holeStart { return "range \(hex(vaddr))-\(hex(end)) touches Xen's hole" }
+            if vaddr <= XenVirtualLayout.hypervisorEnd64 && end >= XenVirtualLayout.hypervisorStart64 {
+                return "range \(hex(vaddr))-\(hex(end)) touches Xen's hole"
+            }
         case .bits32:
-            if end > 0xFFFF_FFFF { return "range \(hex(vaddr))-\(hex(end)) is above 4 GiB" }
-            if end >= 0xF580_0000 { return "range \(hex(vaddr))-\(hex(end)) touches Xen's hypervisor area" }
+            if end > UInt64(UInt32.max) { return "range \(hex(vaddr))-\(hex(end)) is above 4 GiB" }
+            if end >= XenVirtualLayout.hypervisorStartPAE { return "range \(hex(vaddr))-\(hex(end)) touches Xen's hypervisor area" }
         }
         return nil
     }

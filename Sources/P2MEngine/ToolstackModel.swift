@@ -275,13 +275,13 @@ final class ToolstackModel {
             mask = 0x0000_ffff_ffff_ffff
             levels = 4
             func canonical(_ v: UInt64) -> Bool { (Int64(bitPattern: v) >> 47) == (Int64(bitPattern: v) >> 63) }
-            if !canonical(vaddr) || !canonical(end) || end < vaddr || (vaddr <= 0xFFFF_87FF_FFFF_FFFF && end > 0xFFFF_8000_0000_0000) {
+            if !canonical(vaddr) || !canonical(end) || end < vaddr || (vaddr <= XenVirtualLayout.hypervisorEnd64 && end > XenVirtualLayout.hypervisorStart64) {
                 return fail(&s, ["Bad virtual p2m address range \(cHex(vaddr))-\(cHex(end))"], XenSource.mapP2mList)
             }
         case .bits32:
             mask = 0x0000_0000_ffff_ffff
             levels = 3
-            if vaddr > mask || end > mask || end < vaddr || (vaddr <= 0xFFFF_FFFF && end > 0xF580_0000) {
+            if vaddr > mask || end > mask || end < vaddr || (vaddr <= UInt64(UInt32.max) && end > XenVirtualLayout.hypervisorStartPAE) {
                 return fail(&s, ["Bad virtual p2m address range \(cHex(vaddr))-\(cHex(end))"], XenSource.mapP2mList)
             }
         }
@@ -451,14 +451,14 @@ final class ToolstackModel {
                 levels = 4
                 root = cr3 >> 12
                 func canonical(_ v: UInt64) -> Bool { (Int64(bitPattern: v) >> 47) == (Int64(bitPattern: v) >> 63) }
-                if !canonical(vaddr) || !canonical(end) || end < vaddr || (vaddr <= 0xFFFF_87FF_FFFF_FFFF && end > 0xFFFF_8000_0000_0000) {
+                if !canonical(vaddr) || !canonical(end) || end < vaddr || (vaddr <= XenVirtualLayout.hypervisorEnd64 && end > XenVirtualLayout.hypervisorStart64) {
                     return fail(["Bad virtual p2m address range \(cHex(vaddr))-\(cHex(end))"], XenSource.coreList)
                 }
             case .bits32:
                 mask = 0x0000_0000_ffff_ffff
                 levels = 3
                 root = cr3 & ~mask != 0 ? UInt64.max : CR3.mfn(cr3, width: .bits32)
-                if vaddr > mask || end > mask || end < vaddr || (vaddr <= 0xFFFF_FFFF && end > 0xF580_0000) {
+                if vaddr > mask || end > mask || end < vaddr || (vaddr <= UInt64(UInt32.max) && end > XenVirtualLayout.hypervisorStartPAE) {
                     return fail(["Bad virtual p2m address range \(cHex(vaddr))-\(cHex(end))"], XenSource.coreList)
                 }
             }
