@@ -180,52 +180,6 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
     }
 }
 
-/// Collects what reaches a Logger, so tests can see where xentoollog lines end up.
-final class LogCapture: @unchecked Sendable {
-    struct Record {
-        var level: Logger.Level
-        var message: String
-        var metadata: Logger.Metadata
-    }
-
-    private let lock = NSLock()
-    private var stored: [Record] = []
-
-    var records: [Record] {
-        lock.lock()
-        defer { lock.unlock() }
-        return stored
-    }
-
-    func append(_ r: Record) {
-        lock.lock()
-        stored.append(r)
-        lock.unlock()
-    }
-
-    func logger() -> Logger {
-        var l = Logger(label: "xenp2m.test") { _ in CaptureHandler(capture: self) }
-        l.logLevel = .trace
-        return l
-    }
-}
-
-struct CaptureHandler: LogHandler {
-    let capture: LogCapture
-    var logLevel: Logger.Level = .trace
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        capture.append(.init(level: event.level, message: event.message.description,
-                             metadata: metadata.merging(event.metadata ?? [:]) { $1 }))
-    }
-}
-
 func raw(_ domid: UInt32, _ flags: DomainFlags = [], handle: [UInt8] = Array(repeating: 0, count: 16)) -> RawDomainInfo {
     RawDomainInfo(domid: domid, flags: flags, totPages: 0x10000, maxPages: 0x20000,
                   sharedInfoFrame: 0xabc00 + UInt64(domid), handle: handle)

@@ -3,6 +3,7 @@
 
 import Foundation
 import P2MEngine
+import P2MTestSupport
 import Testing
 @testable import P2MXen
 

@@ -7,6 +7,7 @@ import Logging
 import P2MEngine
 import Testing
 @testable import P2MXen
+import P2MTestSupport
 
 private func makeHost(_ fake: FakeControl, capture: LogCapture = LogCapture()) throws -> XenHost {
     try XenHost(control: fake, logger: capture.logger())
