@@ -72,6 +72,10 @@ struct OutsideLeaf {
 final class ToolstackModel {
     let session: HostSession
     let width: GuestWidth
+    /// libxenguest's max_mfn: Xen's max_page as XENMEM_maximum_ram_page answers it, one
+    /// past the host's last frame (x86_pv_map_m2p; the bed's save printed "max 0x140000"
+    /// on a host whose last frame is 0x13ffff). Its bounds are `mfn <= max_mfn` against
+    /// that value, and its messages print it. Offline, the dump's highest gmfn.
     let maxMFN: UInt64
     let m2p: UnsafeBufferPointer<UInt64>
     let si: ArchSharedInfo
@@ -97,7 +101,7 @@ final class ToolstackModel {
         offline = session.host.backendName == "core"
         self.session = session
         self.width = width
-        self.maxMFN = maxMFN
+        self.maxMFN = offline ? maxMFN : maxMFN &+ 1
         self.m2p = m2p
         self.si = shared
         self.sampleLimit = max(1, sampleLimit)
