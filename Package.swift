@@ -136,10 +136,10 @@ let package = Package(
             path: "Sources/P2MFuzzSupport"
         ),
         // What tests and the fuzzer share and no product ships: a seeded generator, a log
-        // capture. Depends on nothing of xenp2m, so any test target may use it.
+        // capture, the simulator's fault catalogue.
         .target(
             name: "P2MTestSupport",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: ["P2MSimulator", .product(name: "Logging", package: "swift-log")],
             path: "Sources/P2MTestSupport"
         ),
         .executableTarget(

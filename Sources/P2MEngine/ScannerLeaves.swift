@@ -113,7 +113,8 @@ extension P2MScanner {
                     continue
                 }
                 let fp = pass.fingerprint.of(page, bytes: n &* width.bytes)
-                if let r = pass.reusable(leaf, mfn: m, entries: n, fp: fp) {
+                if checker.ownerLeaves.isEmpty || !checker.ownerLeaves.contains(UInt64(leaf)),
+                   let r = pass.reusable(leaf, mfn: m, entries: n, fp: fp) {
                     // Clean: every entry in a valid form passed, so populated == valid.
                     checker.counts.valid &+= UInt64(r.valid)
                     checker.counts.invalid &+= UInt64(r.invalid)
@@ -137,6 +138,15 @@ extension P2MScanner {
             if checker.pendingProbe.count >= 4 * a.session.batchFrames { try flushProbe(&checker, a) }
         }
         try flushProbe(&checker, a)
+        // An owner's leaf passed over before its impostor was met is checked next scan,
+        // and every scan while the impostor's leaf keeps failing: the duplicate stays seen.
+        if let pass {
+            if checker.ownerLeavesOverflowed {
+                pass.forgetAll()
+            } else {
+                for l in checker.ownerLeaves where l < UInt64(nLeaves) { pass.forget(Int(l)) }
+            }
+        }
 
         a.counts = checker.counts
         a.populated = checker.populated
