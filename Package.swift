@@ -132,8 +132,15 @@ let package = Package(
         // P2MFuzz with -sanitize=fuzzer (otherwise it is a replayer for saved inputs).
         .target(
             name: "P2MFuzzSupport",
-            dependencies: ["P2MEngine", "P2MSimulator", "P2MDumpCore"],
+            dependencies: ["P2MEngine", "P2MSimulator", "P2MDumpCore", "P2MTestSupport"],
             path: "Sources/P2MFuzzSupport"
+        ),
+        // What tests and the fuzzer share and no product ships: a seeded generator, a log
+        // capture, the simulator's fault catalogue.
+        .target(
+            name: "P2MTestSupport",
+            dependencies: ["P2MSimulator", .product(name: "Logging", package: "swift-log")],
+            path: "Sources/P2MTestSupport"
         ),
         .executableTarget(
             name: "P2MFuzz",
@@ -142,17 +149,17 @@ let package = Package(
         ),
         .testTarget(
             name: "P2MEngineTests",
-            dependencies: ["P2MEngine", "P2MSimulator", "P2MConfig", "P2MFuzzSupport"],
+            dependencies: ["P2MEngine", "P2MSimulator", "P2MConfig", "P2MFuzzSupport", "P2MTestSupport"],
             path: "Tests/P2MEngineTests"
         ),
         .testTarget(
             name: "P2MXenTests",
-            dependencies: ["P2MXen", "P2MEngine"],
+            dependencies: ["P2MXen", "P2MEngine", "P2MTestSupport"],
             path: "Tests/P2MXenTests"
         ),
         .testTarget(
             name: "P2MDumpCoreTests",
-            dependencies: ["P2MDumpCore", "P2MEngine", "P2MSimulator"],
+            dependencies: ["P2MDumpCore", "P2MEngine", "P2MSimulator", "P2MTestSupport"],
             path: "Tests/P2MDumpCoreTests"
         ),
         // End-to-end: drives the built xenp2md and xenp2mctl binaries (found next to the

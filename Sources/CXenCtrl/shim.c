@@ -64,6 +64,10 @@ _Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_
 _Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_shared_info_x86_32, p2m_vaddr) == 2332, "32-bit p2m_vaddr");
 _Static_assert(offsetof(struct shared_info_x86_32, arch) + offsetof(struct arch_shared_info_x86_32, p2m_generation) == 2336, "32-bit generation");
 _Static_assert(sizeof(xen_pfn_t) == sizeof(uint64_t), "64-bit toolstack only");
+_Static_assert(XP2M_EMU_LAPIC == XEN_X86_EMU_LAPIC && XP2M_EMU_HPET == XEN_X86_EMU_HPET && XP2M_EMU_PM == XEN_X86_EMU_PM &&
+               XP2M_EMU_RTC == XEN_X86_EMU_RTC && XP2M_EMU_IOAPIC == XEN_X86_EMU_IOAPIC && XP2M_EMU_PIC == XEN_X86_EMU_PIC &&
+               XP2M_EMU_VGA == XEN_X86_EMU_VGA && XP2M_EMU_IOMMU == XEN_X86_EMU_IOMMU && XP2M_EMU_PIT == XEN_X86_EMU_PIT,
+               "emulation flags are Xen's XEN_X86_EMU_*");
 _Static_assert(XP2M_LOG_DEBUG == XTL_DEBUG && XP2M_LOG_VERBOSE == XTL_VERBOSE && XP2M_LOG_DETAIL == XTL_DETAIL &&
                XP2M_LOG_PROGRESS == XTL_PROGRESS && XP2M_LOG_INFO == XTL_INFO && XP2M_LOG_NOTICE == XTL_NOTICE &&
                XP2M_LOG_WARN == XTL_WARN && XP2M_LOG_ERROR == XTL_ERROR && XP2M_LOG_CRITICAL == XTL_CRITICAL,
@@ -178,22 +182,14 @@ static void fill_dominfo(const xc_domaininfo_t *in, xp2m_dominfo *out)
         f |= XP2M_DOM_PAUSED;
     if (in->flags & XEN_DOMINF_running)
         f |= XP2M_DOM_RUNNING;
-    if (in->flags & XEN_DOMINF_hvm_guest) {
+    if (in->flags & XEN_DOMINF_hvm_guest)
         f |= XP2M_DOM_HVM;
-        /*
-         * PVH is an HVM container without the emulated legacy platform. Only
-         * those devices decide: a PVH dom0 also gets an emulated IO-APIC and
-         * vPCI, so "nothing but the LAPIC" would call it HVM.
-         */
-        if (!(in->arch_config.emulation_flags & (XEN_X86_EMU_HPET | XEN_X86_EMU_PM | XEN_X86_EMU_RTC |
-                                                 XEN_X86_EMU_PIC | XEN_X86_EMU_VGA | XEN_X86_EMU_PIT)))
-            f |= XP2M_DOM_PVH;
-    }
     out->flags = f;
     out->nr_online_vcpus = in->nr_online_vcpus;
     out->tot_pages = in->tot_pages;
     out->max_pages = in->max_pages;
     out->shared_info_frame = in->shared_info_frame;
+    out->emulation_flags = in->arch_config.emulation_flags;
     memcpy(out->handle, in->handle, sizeof(out->handle));
 }
 
@@ -279,23 +275,15 @@ int xp2m_nr_gpfns(xp2m_handle *h, uint32_t domid, uint64_t *nr)
     return 0;
 }
 
-int xp2m_max_mfn(xp2m_handle *h, uint64_t *max_mfn)
+int xp2m_max_ram_page(xp2m_handle *h, uint64_t *max_page)
 {
     unsigned long m = 0;
 
-    if (!h || !max_mfn)
+    if (!h || !max_page)
         return EINVAL;
     if (xc_maximum_ram_page(h->xch, &m) != 0)
         return err_or(EIO);
-    /*
-     * m is Xen's max_page, one past the last frame. xp2m_map_m2p adds the one
-     * back; handing m on unchanged would make it ask for one 2 MiB chunk too
-     * many whenever m is a multiple of 262144 (RAM ending on a GiB boundary),
-     * and xc_machphys_mfn_list fails when Xen returns fewer chunks than asked.
-     */
-    if (m == 0)
-        return EIO;
-    *max_mfn = m - 1;
+    *max_page = m;
     return 0;
 }
 
@@ -346,27 +334,16 @@ int xp2m_unmap_frames(xp2m_handle *h, void *addr, uint32_t n)
     return 0;
 }
 
-/* Same rounding as libxenguest's M2P_SIZE: whole 2 MiB chunks of 8-byte entries. */
-static size_t m2p_bytes(uint64_t nr_entries)
-{
-    const uint64_t chunk = 1ull << 21;
-    return (size_t)(((nr_entries * sizeof(xen_pfn_t)) + chunk - 1) & ~(chunk - 1));
-}
-
-int xp2m_map_m2p(xp2m_handle *h, uint64_t max_mfn, const uint64_t **m2p, uint64_t *entries, size_t *mapped_bytes)
+int xp2m_map_m2p(xp2m_handle *h, uint64_t nr_entries, const uint64_t **m2p)
 {
     xen_pfn_t *p;
-    /* max_mfn is the highest valid MFN, so the table needs max_mfn + 1 slots. */
-    uint64_t want = max_mfn + 1;
 
-    if (!h || !m2p || !entries || !mapped_bytes)
+    if (!h || !m2p || nr_entries == 0)
         return EINVAL;
-    p = xc_map_m2p(h->xch, (unsigned long)want, PROT_READ, NULL);
+    p = xc_map_m2p(h->xch, (unsigned long)nr_entries, PROT_READ, NULL);
     if (!p)
         return err_or(EFAULT);
     *m2p = (const uint64_t *)p;
-    *mapped_bytes = m2p_bytes(want);
-    *entries = *mapped_bytes / sizeof(xen_pfn_t);
     return 0;
 }
 
@@ -396,13 +373,6 @@ int xp2m_domain_name(xp2m_handle *h, uint32_t domid, char *buf, size_t len)
     snprintf(buf, len, "%.*s", (int)n, v);
     free(v);
     return 0;
-}
-
-uint32_t xp2m_shared_info_arch_offset(uint32_t width_bytes)
-{
-    if (width_bytes == 4)
-        return (uint32_t)offsetof(struct shared_info_x86_32, arch);
-    return (uint32_t)offsetof(struct shared_info_x86_64, arch);
 }
 
 const char *xp2m_built_xen_series(void)

@@ -86,11 +86,18 @@ public enum HostError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The hypervisor refuses the interface this build's Xen libraries speak (a xenp2m
     /// built for another Xen release): nothing can be scanned, so the daemon does not start.
     case hypervisorNotDrivable(hypervisor: String, builtFor: String)
+    /// The host answered, but with something that cannot be right (an M2P shorter than
+    /// the host, a page of the wrong size, a zero max_page): the call and what was wrong.
+    case inconsistent(operation: String, detail: String)
+
+    /// How a domain that went away while it was being scanned is described everywhere
+    /// (its report, the event, the logs).
+    public static let vanishedDuringScan = "vanished during the scan"
 
     public var description: String {
         switch self {
         case .noXen(let path):
-            return "no Xen here (\(path) missing): xenp2m needs a Xen dom0 with the privcmd driver loaded; use --backend sim to run on the simulated host"
+            return "no Xen here (\(path) missing): xenp2m needs a Xen dom0 with the privcmd driver loaded"
         case .domainNotFound(let d):
             return "domain \(d) does not exist (destroyed or never created)"
         case .system(let op, let e):
@@ -99,6 +106,8 @@ public enum HostError: Error, Equatable, Sendable, CustomStringConvertible {
             return "unsupported: \(what)"
         case .hypervisorNotDrivable(let hv, let built):
             return "hypervisor Xen \(hv) refuses the interface of this build (built for \(built)): install the xenp2m package built for Xen \(hv.split(separator: ".").prefix(2).joined(separator: "."))"
+        case .inconsistent(let op, let detail):
+            return "\(op): inconsistent answer from the host: \(detail)"
         }
     }
 

@@ -18,6 +18,13 @@ struct LeafChecker {
     var populated: UInt64 = 0
     /// (pfn, mfn) of entries to probe for mappability, flushed in batches.
     var pendingProbe: [(UInt64, UInt64)] = []
+    /// Leaves holding the pfn the M2P names for a frame that failed its round trip: the
+    /// owner's side of a possible duplicate, which an incremental scan must check in the
+    /// same scan as the impostor's (see LeafMemo.swift). Only failed entries add to it,
+    /// and at most `ownerLeafLimit` leaves; past that, `ownerLeavesOverflowed`.
+    var ownerLeaves = Set<UInt64>()
+    var ownerLeavesOverflowed = false
+    static let ownerLeafLimit = 4096
 
     init(width: GuestWidth, maxMFN: UInt64, m2p: UnsafeBufferPointer<UInt64>, probe: Bool, bitmap mfns: MFNBitmap) {
         precondition(mfns.covers(maxMFN: maxMFN), "MFN bitmap sized for another host")
@@ -29,6 +36,13 @@ struct LeafChecker {
         bitmap = mfns.words
         bitmapWords = mfns.wordCount
         dirty = mfns.dirty
+    }
+
+    @inline(never)
+    private mutating func noteOwner(_ pfn: UInt64) {
+        guard !ownerLeavesOverflowed else { return }
+        if ownerLeaves.count >= Self.ownerLeafLimit { ownerLeavesOverflowed = true; return }
+        ownerLeaves.insert(pfn / UInt64(width.fpp))
     }
 
     /// Leaves the bitmap all zero, ready for the next scan.
@@ -108,6 +122,7 @@ struct LeafChecker {
             if back != pfn {
                 faulty &+= 1
                 findings.add(.m2pMismatch, FindingSample(pfn: pfn, mfn: e, expected: pfn, found: back))
+                noteOwner(back)
                 if claimed { findings.add(.duplicateMfn, FindingSample(pfn: pfn, mfn: e, found: back, note: "frame also named by a lower pfn")) }
                 continue
             }

@@ -15,8 +15,10 @@ import Foundation
 // An unchanged clean leaf contributes its remembered counts and pfn-map mask instead.
 // Duplicate MFNs are found by the bitmap over the leaves checked in the same scan: a
 // frame newly named twice always fails the M2P round trip on one side (the M2P names
-// one pfn), which is reported at once as m2p_mismatch; the duplicate_mfn attribution of
-// the pair follows within N scans, when both leaves are checked in the same scan.
+// one pfn), which is reported at once as m2p_mismatch. The leaf of the pfn the M2P names
+// (the owner) is then checked too: in the same scan when it comes later, in the next one
+// otherwise, and in every scan while the impostor's leaf keeps failing, so the
+// duplicate_mfn attribution follows within two scans and does not come and go.
 
 /// A keyed fingerprint of leaf contents: NH (the universal hash of UMAC), two
 /// independent lanes over the page's 32-bit words. The key is random per scanner and
@@ -142,6 +144,10 @@ final class IncrementalPass {
     func forget(_ leaf: Int) {
         if leaf < memo.leaves.count { memo.leaves[leaf].clean = false }
     }
+
+    func forgetAll() {
+        for i in memo.leaves.indices { memo.leaves[i].clean = false }
+    }
 }
 
 /// Memos of the guests a scanner has scanned incrementally, by domid.
@@ -185,8 +191,11 @@ public enum DetectionLatency {
     public static let p2mChange = 1
 
     /// A change of Xen's M2P alone (the P2M entry still names the same frame): the next
-    /// scan that re-verifies the entry's leaf, at most `period` scans away. So is the
-    /// duplicate_mfn attribution of a frame newly named twice (its m2p_mismatch half is
-    /// a P2M change, reported at the next scan).
+    /// scan that re-verifies the entry's leaf, at most `period` scans away.
     public static func m2pOnlyChange(period: Int) -> Int { max(1, period) }
+
+    /// The duplicate_mfn attribution of a frame newly named twice (its m2p_mismatch half
+    /// is a P2M change, seen at the next scan): that scan when the owner's leaf comes
+    /// after the impostor's, the one after otherwise.
+    public static let duplicateAttribution = 2
 }

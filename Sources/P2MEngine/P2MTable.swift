@@ -26,10 +26,7 @@ public struct P2MTable: Sendable, Equatable {
         let width = try host.guestWidth(domid)
         let maxMFN = try host.maxMFN()
         let m2p = try host.mapM2P(maxMFN: maxMFN)
-        let page = try host.sharedInfoPage(domid, frame: info.sharedInfoFrame)
-        guard let si = ArchSharedInfo(page: page, width: width) else {
-            throw HostError.system(operation: "read shared info of domain \(domid)", errno: EIO)
-        }
+        let si = try ArchSharedInfo.read(from: host, info, width)
         let nr = try? host.nrGpfns(domid)
         let session = HostSession(host: host, domid: domid, batchFrames: batchFrames)
         // Bounded like a scan: a guest's max_pfn cannot size more than its domain could own.

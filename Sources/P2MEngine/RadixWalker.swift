@@ -27,6 +27,10 @@ public struct RadixShape: Sendable, Equatable {
 
     func fanout(_ level: Int) -> Int { min(1 << indexBits[level - 1], pageSize / entryBytes) }
 
+    /// Virtual-address bits the shape translates: every level's index bits plus the page
+    /// offset (48 for 4-level, 57 for 5-level, 32 for PAE).
+    public var vaBits: Int { Int(pageShift) + indexBits.reduce(0, +) }
+
     /// A P2M tree of `levels` levels counting the leaves (Xen's fll tree is 3).
     public static func mfnTree(levels: Int, width: GuestWidth) -> RadixShape {
         precondition(levels >= 2)
@@ -40,6 +44,15 @@ public struct RadixShape: Sendable, Equatable {
     }
 
     public static let pae = RadixShape(kind: .pageTable, levels: 3, indexBits: [9, 9, 2])
+}
+
+/// The x86 page-table entry bits the list walk reads (Intel SDM vol. 3, 4.5).
+enum X86PTE {
+    static let present: UInt64 = 1 << 0
+    /// PSE: at levels 2 and 3 the entry maps a 2 MiB or 1 GiB page, not a table.
+    static let pageSize: UInt64 = 1 << 7
+    /// Physical address bits 12-51 (Xen's PADDR_BITS is 52).
+    static let addressMask: UInt64 = 0x000f_ffff_ffff_f000
 }
 
 /// Sentinel for a leaf page that could not be reached (its parent was bad).
@@ -254,9 +267,9 @@ struct RadixWalker {
         case .mfnTree:
             return .frame(raw)
         case .pageTable:
-            guard raw & 1 != 0 else { return .notPresent }
-            let frame = (raw & 0x000f_ffff_ffff_f000) >> pageShift
-            if (level == 2 || level == 3) && raw & 0x80 != 0 {
+            guard raw & X86PTE.present != 0 else { return .notPresent }
+            let frame = (raw & X86PTE.addressMask) >> pageShift
+            if (level == 2 || level == 3) && raw & X86PTE.pageSize != 0 {
                 return .large(frame, pagesLog2: shape.coverBits(level))
             }
             return .frame(frame)

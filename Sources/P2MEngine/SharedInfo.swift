@@ -103,3 +103,16 @@ public enum CR3 {
         }
     }
 }
+
+extension ArchSharedInfo {
+    /// The domain's shared-info page from the host, decoded for its width; a page that
+    /// cannot be one is the host's inconsistency, not an errno.
+    public static func read(from host: any P2MHost, _ info: DomainInfo, _ width: GuestWidth) throws(HostError) -> ArchSharedInfo {
+        let page = try host.sharedInfoPage(info.domid, frame: info.sharedInfoFrame)
+        guard let si = ArchSharedInfo(page: page, width: width) else {
+            throw HostError.inconsistent(operation: "read shared info of domain \(info.domid)",
+                                         detail: "a \(page.count)-byte page is not a \(width.bits)-bit shared-info page")
+        }
+        return si
+    }
+}

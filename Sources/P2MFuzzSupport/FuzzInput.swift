@@ -33,18 +33,6 @@ public struct ByteWriter {
     public mutating func u64(_ v: UInt64) { u32(UInt32(v & 0xffff_ffff)); u32(UInt32(v >> 32)) }
 }
 
-/// Deterministic PRNG for "garbage" page fills: one input word expands to a whole page.
-struct SplitMix64 {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Word values a hostile guest would try, chosen by a tag byte. Tags name frames of the
 /// decoded guest by index, so mutations keep producing references the walker follows
 /// instead of random numbers it rejects at the first range check.

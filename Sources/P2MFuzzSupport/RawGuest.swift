@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import P2MEngine
+import P2MTestSupport
 
 /// A guest decoded straight from fuzz bytes: every word the walker can read (shared info,
 /// fll/fl/leaf pages, page tables, M2P) is attacker-chosen. Input layout, in order:
@@ -206,7 +207,7 @@ public final class RawGuestHost: P2MHost, @unchecked Sendable {
                 }
             }
         default:
-            var g = SplitMix64(state: r.u64())
+            var g = SplitMix(seed: r.u64())
             for i in 0..<512 { put(i, g.next(), bytes: 8) }
         }
         for _ in 0..<Int(r.u8() % 16) {

@@ -166,9 +166,14 @@ public final class XenHost: P2MHost, @unchecked Sendable {
     }
 
     public func maxMFN() throws(HostError) -> UInt64 {
-        try call("get the host's maximum RAM page") { () throws(ShimErrno) in
-            try control.maxMFN(handle)
+        let maxPage = try call("get the host's maximum RAM page") { () throws(ShimErrno) in
+            try control.maxRAMPage(handle)
         }
+        // Xen answers max_page, one past the last frame; the engine wants the last frame.
+        guard maxPage > 0 else {
+            throw .inconsistent(operation: "get the host's maximum RAM page", detail: "Xen answered max_page 0, a host without memory")
+        }
+        return maxPage - 1
     }
 
     public func sharedInfoPage(_ domid: DomID, frame: UInt64) throws(HostError) -> [UInt8] {
@@ -176,7 +181,8 @@ public final class XenHost: P2MHost, @unchecked Sendable {
             try control.readSharedInfoPage(handle, domid: domid, frame: frame)
         }
         guard page.count == pageSize else {
-            throw .system(operation: "read shared info frame \(hex(frame)) of domain \(domid) (\(page.count) bytes)", errno: EIO)
+            throw .inconsistent(operation: "read shared info frame \(hex(frame)) of domain \(domid)",
+                                detail: "\(page.count) bytes, not a \(pageSize)-byte page")
         }
         return page
     }
@@ -194,7 +200,8 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         }
         guard mapped.errors.count == mfns.count else {
             unmapFrames(base: mapped.base, count: count, domid: domid)
-            throw .system(operation: "map \(mfns.count) frames of domain \(domid) (\(mapped.errors.count) error slots)", errno: EIO)
+            throw .inconsistent(operation: "map \(mfns.count) frames of domain \(domid)",
+                                detail: "\(mapped.errors.count) per-frame error slots for \(mfns.count) frames")
         }
         // The closure holds self strongly: the mapping must be undone through the handle
         // that made it, so the handle stays open until the engine drops the last mapping.
@@ -204,14 +211,17 @@ public final class XenHost: P2MHost, @unchecked Sendable {
     }
 
     public func mapM2P(maxMFN: UInt64) throws(HostError) -> M2PMapping {
-        let m2p = try call("map the M2P table up to MFN \(hex(maxMFN))") { () throws(ShimErrno) in
-            try control.mapM2P(handle, maxMFN: maxMFN)
+        // One slot per MFN up to and including maxMFN; libxenctrl maps whole chunks, all
+        // of them readable, and munmap needs that length back.
+        let (wanted, overflow) = maxMFN.addingReportingOverflow(1)
+        guard !overflow, let bytes = M2PLayout.mappedBytes(entries: wanted) else {
+            throw .unsupported("an M2P table up to MFN \(hex(maxMFN))")
         }
-        guard let entries = Int(exactly: m2p.entries) else {
-            unmapM2P(m2p)
-            throw .unsupported("an M2P table of \(m2p.entries) entries")
+        let base = try call("map the M2P table up to MFN \(hex(maxMFN))") { () throws(ShimErrno) in
+            try control.mapM2P(handle, entries: wanted)
         }
-        return M2PMapping(entries: UnsafeBufferPointer(start: m2p.base, count: entries)) {
+        let m2p = MappedM2P(base: base, entries: UInt64(bytes / 8), mappedBytes: bytes)
+        return M2PMapping(entries: UnsafeBufferPointer(start: m2p.base, count: bytes / 8)) {
             self.unmapM2P(m2p)
         }
     }
@@ -234,12 +244,12 @@ public final class XenHost: P2MHost, @unchecked Sendable {
 
     static func domainInfo(_ raw: RawDomainInfo, caller: DomID? = nil) -> DomainInfo {
         let type: DomainType
-        if raw.flags.contains(.pvh) {
-            type = .pvh
-        } else if raw.flags.contains(.hvm) {
-            type = .hvm
-        } else {
+        if !raw.flags.contains(.hvm) {
             type = .pv
+        } else if raw.emulationFlags.isDisjoint(with: .legacyPlatform) {
+            type = .pvh
+        } else {
+            type = .hvm
         }
         return DomainInfo(domid: raw.domid, type: type, dying: raw.flags.contains(.dying),
                           shutdown: raw.flags.contains(.shutdown), paused: raw.flags.contains(.paused),

@@ -34,6 +34,8 @@ struct RawDomainInfo: Equatable, Sendable {
     var totPages: UInt64
     var maxPages: UInt64
     var sharedInfoFrame: UInt64
+    /// XP2M_EMU_*: the devices Xen emulates for an HVM container (0 for PV).
+    var emulationFlags: EmulationFlags = []
     var handle: [UInt8]
 }
 
@@ -44,8 +46,26 @@ struct DomainFlags: OptionSet, Sendable {
     static let hvm = DomainFlags(rawValue: UInt32(XP2M_DOM_HVM))
     static let shutdown = DomainFlags(rawValue: UInt32(XP2M_DOM_SHUTDOWN))
     static let paused = DomainFlags(rawValue: UInt32(XP2M_DOM_PAUSED))
-    static let pvh = DomainFlags(rawValue: UInt32(XP2M_DOM_PVH))
     static let running = DomainFlags(rawValue: UInt32(XP2M_DOM_RUNNING))
+}
+
+/// XP2M_EMU_* (Xen's XEN_X86_EMU_*): what Xen emulates for an HVM container.
+struct EmulationFlags: OptionSet, Sendable, Equatable {
+    let rawValue: UInt32
+    static let lapic = EmulationFlags(rawValue: UInt32(XP2M_EMU_LAPIC))
+    static let hpet = EmulationFlags(rawValue: UInt32(XP2M_EMU_HPET))
+    static let pm = EmulationFlags(rawValue: UInt32(XP2M_EMU_PM))
+    static let rtc = EmulationFlags(rawValue: UInt32(XP2M_EMU_RTC))
+    static let ioapic = EmulationFlags(rawValue: UInt32(XP2M_EMU_IOAPIC))
+    static let pic = EmulationFlags(rawValue: UInt32(XP2M_EMU_PIC))
+    static let vga = EmulationFlags(rawValue: UInt32(XP2M_EMU_VGA))
+    static let iommu = EmulationFlags(rawValue: UInt32(XP2M_EMU_IOMMU))
+    static let pit = EmulationFlags(rawValue: UInt32(XP2M_EMU_PIT))
+
+    /// The emulated legacy PC platform: a guest with none of it is PVH. Only these devices
+    /// decide: a PVH dom0 also gets an emulated IO-APIC and vPCI, so "nothing but the
+    /// LAPIC" would call it HVM.
+    static let legacyPlatform: EmulationFlags = [.hpet, .pm, .rtc, .pic, .vga, .pit]
 }
 
 /// XP2M_LOG_* levels (xentoollog's XTL_* values).
@@ -73,6 +93,21 @@ struct MappedM2P {
     var mappedBytes: Int
 }
 
+/// How libxenctrl's xc_map_m2p lays out the M2P mapping: whole chunks of 2 MiB (one L2
+/// page table's reach, M2P_SHIFT in xc_private.h) of 8-byte entries, so the mapping is the
+/// entries asked for rounded up to a chunk, and all of it is readable.
+enum M2PLayout {
+    static let chunkBytes: UInt64 = 1 << 21
+
+    /// nil when the size does not fit this address space.
+    static func mappedBytes(entries: UInt64) -> Int? {
+        let (bytes, o1) = entries.multipliedReportingOverflow(by: 8)
+        let (padded, o2) = bytes.addingReportingOverflow(chunkBytes - 1)
+        guard !o1, !o2 else { return nil }
+        return Int(exactly: padded & ~(chunkBytes - 1))
+    }
+}
+
 /// One method per xp2m_* function. Implementations must be callable from any thread.
 protocol XenControlInterface: Sendable {
     func open(log: XenLogCallback?, context: UnsafeMutableRawPointer?) throws(ShimErrno) -> XenHandle
@@ -81,16 +116,17 @@ protocol XenControlInterface: Sendable {
     func domainInfo(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> RawDomainInfo
     func guestWidth(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt32
     func nrGpfns(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt64
-    func maxMFN(_ h: XenHandle) throws(ShimErrno) -> UInt64
+    /// Xen's max_page: one past the host's last frame.
+    func maxRAMPage(_ h: XenHandle) throws(ShimErrno) -> UInt64
     func readSharedInfoPage(_ h: XenHandle, domid: UInt32, frame: UInt64) throws(ShimErrno) -> [UInt8]
     func mapFrames(_ h: XenHandle, domid: UInt32, mfns: UnsafeBufferPointer<UInt64>) throws(ShimErrno) -> MappedFrames
     func unmapFrames(_ h: XenHandle, base: UnsafeMutableRawPointer, count: UInt32) throws(ShimErrno)
-    func mapM2P(_ h: XenHandle, maxMFN: UInt64) throws(ShimErrno) -> MappedM2P
+    /// Maps the M2P for `entries` MFNs; the mapping is M2PLayout.mappedBytes long.
+    func mapM2P(_ h: XenHandle, entries: UInt64) throws(ShimErrno) -> UnsafePointer<UInt64>
     func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno)
     func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String
     /// A key of the calling domain's own xenstore directory ("domid": which domain we are).
     func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String
-    func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32
     func hypervisorVersion(_ h: XenHandle) throws(ShimErrno) -> XenVersion
     func checkDomctl(_ h: XenHandle) throws(ShimErrno)
 }
@@ -148,9 +184,9 @@ struct ShimControl: XenControlInterface {
         return n
     }
 
-    func maxMFN(_ h: XenHandle) throws(ShimErrno) -> UInt64 {
+    func maxRAMPage(_ h: XenHandle) throws(ShimErrno) -> UInt64 {
         var m: UInt64 = 0
-        try check(xp2m_max_mfn(h, &m))
+        try check(xp2m_max_ram_page(h, &m))
         return m
     }
 
@@ -173,13 +209,11 @@ struct ShimControl: XenControlInterface {
         try check(xp2m_unmap_frames(h, base, count))
     }
 
-    func mapM2P(_ h: XenHandle, maxMFN: UInt64) throws(ShimErrno) -> MappedM2P {
+    func mapM2P(_ h: XenHandle, entries: UInt64) throws(ShimErrno) -> UnsafePointer<UInt64> {
         var base: UnsafePointer<UInt64>?
-        var entries: UInt64 = 0
-        var bytes = 0
-        try check(xp2m_map_m2p(h, maxMFN, &base, &entries, &bytes))
+        try check(xp2m_map_m2p(h, entries, &base))
         guard let base else { throw ShimErrno(EFAULT) }
-        return MappedM2P(base: base, entries: entries, mappedBytes: bytes)
+        return base
     }
 
     func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno) {
@@ -198,10 +232,6 @@ struct ShimControl: XenControlInterface {
         try check(buf.withUnsafeMutableBufferPointer { xp2m_own_xenstore_value(h, key, $0.baseAddress, $0.count) })
         let bytes = buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
         return String(decoding: bytes, as: UTF8.self)
-    }
-
-    func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 {
-        xp2m_shared_info_arch_offset(widthBytes)
     }
 
     func hypervisorVersion(_ h: XenHandle) throws(ShimErrno) -> XenVersion {
@@ -243,6 +273,7 @@ extension RawDomainInfo {
     init(_ c: xp2m_dominfo) {
         self.init(domid: c.domid, flags: DomainFlags(rawValue: c.flags), shutdownReason: c.shutdown_reason,
                   onlineVCPUs: c.nr_online_vcpus, totPages: c.tot_pages, maxPages: c.max_pages,
-                  sharedInfoFrame: c.shared_info_frame, handle: withUnsafeBytes(of: c.handle) { Array($0) })
+                  sharedInfoFrame: c.shared_info_frame, emulationFlags: EmulationFlags(rawValue: c.emulation_flags),
+                  handle: withUnsafeBytes(of: c.handle) { Array($0) })
     }
 }

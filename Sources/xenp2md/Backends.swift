@@ -30,6 +30,8 @@ let backends: BackendOpener = { (c: DaemonConfig, logger: Logger) throws(DaemonE
             let host = try XenHost.open(logger: logger)
             logger.notice("Xen hypervisor \(host.hypervisor); this build speaks \(XenVersion.builtInterface)")
             return DaemonBackend(host: host)
+        } catch .noXen(let path) {
+            throw DaemonError(message: "\(HostError.noXen(path: path)); use --backend sim to run on the simulated host", exitCode: 1)
         } catch {
             // Exit 3 (README, "Install on a Xen host"): the unit does not restart on it.
             if case .hypervisorNotDrivable = error { throw DaemonError(message: "\(error)", exitCode: 3) }

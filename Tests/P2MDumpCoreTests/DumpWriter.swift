@@ -7,6 +7,7 @@ import Foundation
 import P2MDumpCore
 @testable import P2MEngine
 @testable import P2MSimulator
+import P2MTestSupport
 
 /// Writes a dump-core file of one simulated domain laid out the way `xl dump-core`
 /// (tools/libs/guest/xg_core.c) lays it out: ELF header, section headers (null,
@@ -250,18 +251,6 @@ struct DumpWriter {
         return Layout(path: path, fileSize: fileSize, shoff: shoff, shnum: shnum, header: header, offset: offset, size: size,
                       headerNoteDesc: headerDesc, versionNoteDesc: versionDesc, formatNoteDesc: formatDesc, nrPages: nrPages,
                       structureFrames: structure, dumped: dumped, padding: nrPages - dumped, pairs: pairs)
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

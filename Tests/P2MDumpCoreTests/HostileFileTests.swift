@@ -3,6 +3,7 @@ import Testing
 import P2MDumpCore
 @testable import P2MEngine
 @testable import P2MSimulator
+import P2MTestSupport
 
 /// One test per class of broken or hostile file: each must be a CoreDumpError whose
 /// message names the problem and the section, never a crash or a huge allocation.

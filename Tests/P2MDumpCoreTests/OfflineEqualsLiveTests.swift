@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import P2MDumpCore
+import P2MTestSupport
 @testable import P2MEngine
 @testable import P2MSimulator
 
@@ -54,39 +55,14 @@ struct OfflineEqualsLiveTests {
         #expect(offline.pfnMap == live.pfnMap)
     }
 
-    /// Every fault of the engine's fault suite on a 64-bit guest, plus the 32-bit faults
-    /// that apply. Only the large-page fault needs a whole populated 512-leaf chunk (1 GiB).
-    static let faults64: [(SimFault, PublishedFormats)] = [
-        (.m2pMismatch(pfn: 1234), .both),
-        (.duplicateMfn(pfn: 5001, sameAs: 5000), .both),
-        (.mfnOutOfRange(pfn: 777), .both),
-        (.identityMismatch(pfn: (64 << 8) - 50), .both),
-        (.unmappableDataFrame(pfn: 4242), .both),
-        (.treeListMismatch(pfn: 3000), .both),
-        (.zeroFllEntry(index: 0), .both),
-        (.badPteFrame(leaf: 3), .both),
-        (.unmappableLeaf(leaf: 4), .both),
-        (.sharedLeaf(leaf: 6, sameAs: 2), .both),
-        (.pageTableCycle(leaf: 1), .both),
-        (.pteNotPresent(leaf: 5), .both),
-        (.largePage(chunk: 0), .both),
-        (.listVaddr(0x0000_9000_0000_0000), .both),
-        (.listVaddr(0xffff_8000_0000_0000), .both),
-        (.listVaddr(0xffff_c900_0000_0123), .both),
-        (.publishedMaxPfn(1 << 52), .treeOnly),
-        (.unpublished, .both),
-        (.generationAlwaysMoving, .both),
-        (.extraOwnedPages(3), .both),
-        // Above max_pfn: xl walks pfns below nr_gpfns, so a smaller value would cut the dump.
-        (.nrGpfns((512 << 8) + 4096), .both),
-        (.zeroFllEntry(index: 0), .treeOnly),
-        (.unmappableLeaf(leaf: 9), .listOnly),
-    ]
+    /// Every catalogued fault on a 64-bit guest of 64 MiB; the large-page fault, which
+    /// needs a whole populated 512-leaf chunk, on a guest of 1100 MiB.
+    static let faults64 = FaultCatalogue.faults64(memoryMiB: 64, maxMiB: 512)
+        + FaultCatalogue.faults64(memoryMiB: 1100, maxMiB: 2048).filter(\.needsWholeChunk)
 
-    @Test("64-bit guest with an injected fault", arguments: 0..<23)
-    func fault64(_ i: Int) throws {
-        let (fault, formats) = Self.faults64[i]
-        let big = if case .largePage = fault { true } else { false }
+    @Test("64-bit guest with an injected fault", arguments: faults64)
+    func fault64(_ entry: FaultCatalogue.Entry) throws {
+        let (fault, formats, big) = (entry.fault, entry.formats, entry.needsWholeChunk)
         let h = try Self.guest(width: .bits64, formats: formats, memoryMiB: big ? 1100 : 64, maxMiB: big ? 2048 : 512)
         try h.inject(fault, into: 7)
         try check(h, fault)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import P2MTestSupport
 @testable import P2MEngine
 @testable import P2MSimulator
 
@@ -15,33 +16,11 @@ struct FaultTests {
         return h
     }
 
-    static let cases: [(SimFault, PublishedFormats)] = [
-        (.m2pMismatch(pfn: 1234), .both),
-        (.duplicateMfn(pfn: 5001, sameAs: 5000), .both),
-        (.mfnOutOfRange(pfn: 777), .both),
-        (.identityMismatch(pfn: (1100 << 8) - 50), .both),
-        (.unmappableDataFrame(pfn: 4242), .both),
-        (.treeListMismatch(pfn: 3000), .both),
-        (.zeroFllEntry(index: 0), .both),
-        (.badPteFrame(leaf: 3), .both),
-        (.unmappableLeaf(leaf: 4), .both),
-        (.sharedLeaf(leaf: 6, sameAs: 2), .both),
-        (.pageTableCycle(leaf: 1), .both),
-        (.pteNotPresent(leaf: 5), .both),
-        (.largePage(chunk: 0), .both),
-        (.listVaddr(0x0000_9000_0000_0000), .both),
-        (.listVaddr(0xffff_8000_0000_0000), .both),
-        (.listVaddr(0xffff_c900_0000_0123), .both),
-        (.publishedMaxPfn(1 << 52), .treeOnly),
-        (.unpublished, .both),
-        (.generationAlwaysMoving, .both),
-        (.extraOwnedPages(3), .both),
-        (.nrGpfns(12345), .both),
-    ]
+    static let cases = FaultCatalogue.faults64(memoryMiB: 1100, maxMiB: 2048)
 
-    @Test("fault -> exactly one finding kind", arguments: 0..<21)
-    func exactlyItsFinding(_ i: Int) throws {
-        let (fault, formats) = Self.cases[i]
+    @Test("fault -> exactly its finding kinds", arguments: cases)
+    func exactlyItsFinding(_ entry: FaultCatalogue.Entry) throws {
+        let (fault, formats) = (entry.fault, entry.formats)
         let h = try Self.guest(formats)
         // An unmappable leaf is also an unmappable RAM page (P2M pages are guest RAM),
         // which a data-frame probe would report as well: probe everything else.
@@ -137,6 +116,20 @@ struct FaultTests {
             #expect(r.severity == .notApplicable)
             #expect(r.migration.verdict == .notApplicable)
             #expect(r.findings.isEmpty)
+        }
+    }
+}
+
+@Suite("The fault catalogue")
+struct FaultCatalogueTests {
+    @Test("every fault case is catalogued, or excluded with a reason, and its entries are of that case", arguments: FaultCase.allCases)
+    func everyCase(_ c: FaultCase) {
+        let entries = FaultCatalogue.faults64(memoryMiB: 1100, maxMiB: 2048).filter { FaultCase($0.fault) == c }
+        if let why = FaultCatalogue.exclusion(c) {
+            #expect(entries.isEmpty, "\(c) is excluded (\(why)) but catalogued")
+        } else {
+            #expect(!entries.isEmpty, "\(c) has no entry and no reason")
+            for e in entries { #expect(e.fault.expectedFinding != nil, "\(e) has no finding") }
         }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import P2MEngine
 @testable import P2MSimulator
+import P2MTestSupport
 
 @Suite("Hostile guests: structures that must not crash, loop or allocate without bound")
 struct HostileTests {

@@ -2,19 +2,6 @@ import Foundation
 @testable import P2MEngine
 @testable import P2MSimulator
 
-/// Deterministic generator so a failing property test can be replayed from its seed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 func host(_ gib: UInt64 = 2) -> SimulatedHost { SimulatedHost(memoryGiB: gib) }
 
 func scan(_ h: SimulatedHost, _ domid: DomID, _ configure: (inout ScanOptions) -> Void = { _ in }) -> P2MReport {

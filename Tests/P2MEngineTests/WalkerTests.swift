@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import P2MEngine
 @testable import P2MSimulator
+import P2MTestSupport
 
 @Suite("Walkers: every format, width and level count")
 struct WalkerTests {

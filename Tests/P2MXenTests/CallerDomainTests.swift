@@ -4,6 +4,7 @@
 import Foundation
 import Logging
 import P2MEngine
+import P2MTestSupport
 import Testing
 @testable import P2MXen
 

@@ -7,7 +7,7 @@ import Logging
 
 final class FakeControl: XenControlInterface, @unchecked Sendable {
     enum Op: Hashable, Sendable, CaseIterable {
-        case open, listDomains, domainInfo, guestWidth, nrGpfns, maxMFN, sharedInfo
+        case open, listDomains, domainInfo, guestWidth, nrGpfns, maxRAMPage, sharedInfo
         case mapFrames, unmapFrames, mapM2P, unmapM2P, domainName, ownXenstoreValue
     }
 
@@ -26,10 +26,10 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
     var domains: [RawDomainInfo] = []
     var width: UInt32 = 8
     var nrGpfnsValue: UInt64 = 0x10000
-    var maxMFNValue: UInt64 = 0x7ffff
+    /// Xen's max_page: one past the last frame.
+    var maxRAMPageValue: UInt64 = 0x80000
     var names: [UInt32: String] = [:]
     var frameErrors: [UInt64: Int32] = [:]
-    var m2pEntries = 1024
     /// The calling domain's own xenstore keys ("domid"); a missing key is ENOENT.
     var ownXenstore: [String: String] = ["domid": "0"]
     /// Like Xen, refuse foreign mappings of the calling domain (ESRCH from the
@@ -46,6 +46,7 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
     private(set) var wrongHandleUses = 0
     private(set) var liveFrameMappings: [UnsafeMutableRawPointer: Int] = [:]
     private(set) var unmapFrameCalls: [(base: UnsafeMutableRawPointer, count: UInt32)] = []
+    private(set) var mapM2PRequests: [UInt64] = []
     private(set) var unmapM2PCalls: [(base: UnsafePointer<UInt64>, bytes: Int)] = []
     private var log: (XenLogCallback, UnsafeMutableRawPointer)?
 
@@ -107,9 +108,9 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
         return nrGpfnsValue
     }
 
-    func maxMFN(_ h: XenHandle) throws(ShimErrno) -> UInt64 {
-        try enter(.maxMFN, h)
-        return maxMFNValue
+    func maxRAMPage(_ h: XenHandle) throws(ShimErrno) -> UInt64 {
+        try enter(.maxRAMPage, h)
+        return maxRAMPageValue
     }
 
     func readSharedInfoPage(_ h: XenHandle, domid: UInt32, frame: UInt64) throws(ShimErrno) -> [UInt8] {
@@ -148,11 +149,16 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
         try enter(.unmapFrames, h)
     }
 
-    func mapM2P(_ h: XenHandle, maxMFN: UInt64) throws(ShimErrno) -> MappedM2P {
+    /// Like xc_map_m2p: whole 2 MiB chunks, entry i holding i * 3.
+    func mapM2P(_ h: XenHandle, entries: UInt64) throws(ShimErrno) -> UnsafePointer<UInt64> {
         try enter(.mapM2P, h)
-        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: m2pEntries)
-        for i in 0..<m2pEntries { p[i] = UInt64(i) &* 3 }
-        return MappedM2P(base: UnsafePointer(p), entries: UInt64(m2pEntries), mappedBytes: m2pEntries * 8)
+        lock.lock()
+        mapM2PRequests.append(entries)
+        lock.unlock()
+        let n = Int(entries + (1 << 18) - 1) & ~((1 << 18) - 1)
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: n)
+        for i in 0..<n { p[i] = UInt64(i) &* 3 }
+        return UnsafePointer(p)
     }
 
     func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno) {
@@ -173,56 +179,6 @@ final class FakeControl: XenControlInterface, @unchecked Sendable {
         try enter(.ownXenstoreValue, h)
         guard let v = ownXenstore[key] else { throw ShimErrno(ENOENT) }
         return v
-    }
-
-    func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 {
-        widthBytes == 4 ? 2316 : 3088
-    }
-}
-
-/// Collects what reaches a Logger, so tests can see where xentoollog lines end up.
-final class LogCapture: @unchecked Sendable {
-    struct Record {
-        var level: Logger.Level
-        var message: String
-        var metadata: Logger.Metadata
-    }
-
-    private let lock = NSLock()
-    private var stored: [Record] = []
-
-    var records: [Record] {
-        lock.lock()
-        defer { lock.unlock() }
-        return stored
-    }
-
-    func append(_ r: Record) {
-        lock.lock()
-        stored.append(r)
-        lock.unlock()
-    }
-
-    func logger() -> Logger {
-        var l = Logger(label: "xenp2m.test") { _ in CaptureHandler(capture: self) }
-        l.logLevel = .trace
-        return l
-    }
-}
-
-struct CaptureHandler: LogHandler {
-    let capture: LogCapture
-    var logLevel: Logger.Level = .trace
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        capture.append(.init(level: event.level, message: event.message.description,
-                             metadata: metadata.merging(event.metadata ?? [:]) { $1 }))
     }
 }
 

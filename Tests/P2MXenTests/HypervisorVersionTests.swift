@@ -24,14 +24,13 @@ private struct OtherHypervisor: XenControlInterface {
     func domainInfo(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> RawDomainInfo { try inner.domainInfo(h, domid: domid) }
     func guestWidth(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt32 { try inner.guestWidth(h, domid: domid) }
     func nrGpfns(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt64 { try inner.nrGpfns(h, domid: domid) }
-    func maxMFN(_ h: XenHandle) throws(ShimErrno) -> UInt64 { try inner.maxMFN(h) }
+    func maxRAMPage(_ h: XenHandle) throws(ShimErrno) -> UInt64 { try inner.maxRAMPage(h) }
     func readSharedInfoPage(_ h: XenHandle, domid: UInt32, frame: UInt64) throws(ShimErrno) -> [UInt8] { try inner.readSharedInfoPage(h, domid: domid, frame: frame) }
     func mapFrames(_ h: XenHandle, domid: UInt32, mfns: UnsafeBufferPointer<UInt64>) throws(ShimErrno) -> MappedFrames { try inner.mapFrames(h, domid: domid, mfns: mfns) }
     func unmapFrames(_ h: XenHandle, base: UnsafeMutableRawPointer, count: UInt32) throws(ShimErrno) { try inner.unmapFrames(h, base: base, count: count) }
-    func mapM2P(_ h: XenHandle, maxMFN: UInt64) throws(ShimErrno) -> MappedM2P { try inner.mapM2P(h, maxMFN: maxMFN) }
+    func mapM2P(_ h: XenHandle, entries: UInt64) throws(ShimErrno) -> UnsafePointer<UInt64> { try inner.mapM2P(h, entries: entries) }
     func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno) { try inner.unmapM2P(base: base, mappedBytes: mappedBytes) }
     func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String { try inner.domainName(h, domid: domid) }
-    func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 { inner.sharedInfoArchOffset(widthBytes: widthBytes) }
     func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String { try inner.ownXenstoreValue(h, key: key) }
     func hypervisorVersion(_ h: XenHandle) throws(ShimErrno) -> XenVersion { version }
     func checkDomctl(_ h: XenHandle) throws(ShimErrno) { if let e = domctlErrno { throw ShimErrno(e) } }

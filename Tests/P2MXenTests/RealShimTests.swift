@@ -3,6 +3,7 @@
 
 import Foundation
 import P2MEngine
+import P2MTestSupport
 import Testing
 @testable import P2MXen
 
@@ -45,17 +46,24 @@ struct RealShimTests {
         }
     }
 
-    @Test("the shim's shared-info offsets are the engine's")
-    func sharedInfoLayout() {
-        let shim = ShimControl()
-        #expect(Int(shim.sharedInfoArchOffset(widthBytes: 8)) == SharedInfoLayout.archOffset(.bits64))
-        #expect(Int(shim.sharedInfoArchOffset(widthBytes: 4)) == SharedInfoLayout.archOffset(.bits32))
+    // shim.c's _Static_asserts pin each field's offset in Xen's headers to these numbers;
+    // this pins the engine's parser to the same ones, so the two cannot drift apart.
+    @Test("the engine reads each shared-info field at the offset shim.c's static asserts pin",
+          arguments: [(GuestWidth.bits64, [3088, 3096, 3112, 3120, 3128]), (GuestWidth.bits32, [2316, 2320, 2328, 2332, 2336])])
+    func sharedInfoLayout(width: GuestWidth, offsets: [Int]) throws {
+        var page = [UInt8](repeating: 0, count: 4096)
+        let wordBytes = width == .bits64 ? 8 : 4
+        for (i, off) in offsets.enumerated() {
+            for b in 0..<wordBytes { page[off + b] = b == 0 ? UInt8(0x10 + i) : 0 }
+        }
+        let a = try #require(ArchSharedInfo(page: page, width: width))
+        #expect([a.maxPfn, a.frameListList, a.p2mCr3, a.p2mVaddr, a.p2mGeneration] == [0x10, 0x11, 0x12, 0x13, 0x14])
     }
 
     @Test("the C flag and log-level constants reach Swift with Xen's values")
     func cConstants() {
         #expect(DomainFlags.hvm.rawValue == 1 << 1)
-        #expect(DomainFlags.pvh.rawValue == 1 << 4)
+        #expect(EmulationFlags.lapic.rawValue == 1 << 0 && EmulationFlags.pit.rawValue == 1 << 8)
         #expect(XenLogLevel.debug == 1)
         #expect(XenLogLevel.error == 8)
         #expect(XenLogLevel.critical == 9)

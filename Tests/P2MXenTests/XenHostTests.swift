@@ -7,6 +7,7 @@ import Logging
 import P2MEngine
 import Testing
 @testable import P2MXen
+import P2MTestSupport
 
 private func makeHost(_ fake: FakeControl, capture: LogCapture = LogCapture()) throws -> XenHost {
     try XenHost(control: fake, logger: capture.logger())
@@ -137,7 +138,7 @@ struct XenHostErrnoTests {
     @Test("host-wide calls name what failed")
     func hostWideErrors() throws {
         let fake = FakeControl()
-        fake.failures[.maxMFN] = EPERM
+        fake.failures[.maxRAMPage] = EPERM
         fake.failures[.mapM2P] = ENOMEM
         fake.failures[.listDomains] = EFAULT
         let host = try makeHost(fake)
@@ -150,6 +151,29 @@ struct XenHostErrnoTests {
         #expect(throws: HostError.system(operation: "list domains from domid 0", errno: EFAULT)) {
             try host.listDomains()
         }
+    }
+
+    @Test("a max_page of 0 is refused as inconsistent, never wrapped to the highest MFN there is")
+    func zeroMaxPage() throws {
+        let fake = FakeControl()
+        fake.maxRAMPageValue = 0
+        let host = try makeHost(fake)
+        let error = #expect(throws: HostError.self) { try host.maxMFN() }
+        guard case .inconsistent(let operation, let detail) = error else {
+            Issue.record("expected .inconsistent, got \(String(describing: error))")
+            return
+        }
+        #expect(operation == "get the host's maximum RAM page" && detail.contains("max_page 0"))
+    }
+
+    @Test("an M2P up to the last MFN there is cannot be asked for (the slot count would wrap)")
+    func m2pOverflow() throws {
+        let fake = FakeControl()
+        let host = try makeHost(fake)
+        #expect(throws: HostError.unsupported("an M2P table up to MFN 0xffffffffffffffff")) {
+            try host.mapM2P(maxMFN: .max)
+        }
+        #expect(fake.count(.mapM2P) == 0)
     }
 
     @Test("a failing operation's description carries the errno name")
@@ -186,14 +210,24 @@ struct XenHostValueTests {
         #expect(what.contains("domain 3"))
     }
 
-    static let typeCases: [(DomainFlags, DomainType)] = [
-        ([.hvm, .pvh], .pvh), ([.hvm], .hvm), ([], .pv), ([.running], .pv), ([.pvh], .pvh),
+    // What xl creates: HVM emulates the whole legacy platform (+ IOMMU with passthrough);
+    // PVH only the LAPIC; a PVH dom0 also the IO-APIC and vPCI; PV reports nothing.
+    static let typeCases: [(DomainFlags, EmulationFlags, DomainType)] = [
+        ([.hvm], [.lapic, .hpet, .pm, .rtc, .ioapic, .pic, .vga, .pit], .hvm),
+        ([.hvm], [.lapic, .hpet, .pm, .rtc, .ioapic, .pic, .vga, .iommu, .pit], .hvm),
+        ([.hvm], [.lapic, .rtc], .hvm),
+        ([.hvm], [.lapic], .pvh), ([.hvm], [], .pvh), ([.hvm], [.lapic, .ioapic, .iommu], .pvh),
+        ([], [], .pv), ([.running], [], .pv),
+        // A PV domain's arch_config is not about emulation: never PVH or HVM because of it.
+        ([], [.lapic, .pic, .vga], .pv),
     ]
 
-    @Test("PVH, HVM and PV flags give the domain type", arguments: typeCases)
-    func domainTypes(flags: DomainFlags, expected: DomainType) throws {
+    @Test("HVM flag and emulated devices give the domain type", arguments: typeCases)
+    func domainTypes(flags: DomainFlags, emulation: EmulationFlags, expected: DomainType) throws {
         let fake = FakeControl()
-        fake.domains = [raw(5, flags)]
+        var d = raw(5, flags)
+        d.emulationFlags = emulation
+        fake.domains = [d]
         let host = try makeHost(fake)
         #expect(try host.domainInfo(5).type == expected)
     }
@@ -232,22 +266,23 @@ struct XenHostValueTests {
         c.tot_pages = 0x1000
         c.max_pages = 0x2000
         c.shared_info_frame = 0xfeed
+        c.emulation_flags = UInt32(XP2M_EMU_LAPIC | XP2M_EMU_VGA)
         withUnsafeMutableBytes(of: &c.handle) { for i in 0..<16 { $0[i] = UInt8(0xf0 + i) } }
         let r = RawDomainInfo(c)
         #expect(r == RawDomainInfo(domid: 9, flags: [.hvm, .paused], shutdownReason: 3, onlineVCPUs: 2, totPages: 0x1000,
-                                   maxPages: 0x2000, sharedInfoFrame: 0xfeed, handle: (0..<16).map { UInt8(0xf0 + $0) }))
+                                   maxPages: 0x2000, sharedInfoFrame: 0xfeed, emulationFlags: [.lapic, .vga], handle: (0..<16).map { UInt8(0xf0 + $0) }))
         let info = XenHost.domainInfo(r)
         #expect(info.type == .hvm && info.paused)
         #expect(info.uuidString == "f0f1f2f3-f4f5-f6f7-f8f9-fafbfcfdfeff")
     }
 
-    @Test("maxMFN, nrGpfns and the shared-info page pass through")
+    @Test("maxMFN is Xen's max_page less one; nrGpfns and the shared-info page pass through")
     func passThrough() throws {
         let fake = FakeControl()
-        fake.maxMFNValue = 0x123456
+        fake.maxRAMPageValue = 0x123456
         fake.nrGpfnsValue = 0x58000
         let host = try makeHost(fake)
-        #expect(try host.maxMFN() == 0x123456)
+        #expect(try host.maxMFN() == 0x123455)
         #expect(try host.nrGpfns(6) == 0x58000)
         let page = try host.sharedInfoPage(6, frame: 0x77)
         #expect(page.count == 4096)
@@ -308,7 +343,7 @@ struct XenHostListTests {
             func domainInfo(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> RawDomainInfo { try inner.domainInfo(h, domid: domid) }
             func guestWidth(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt32 { try inner.guestWidth(h, domid: domid) }
             func nrGpfns(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> UInt64 { try inner.nrGpfns(h, domid: domid) }
-            func maxMFN(_ h: XenHandle) throws(ShimErrno) -> UInt64 { try inner.maxMFN(h) }
+            func maxRAMPage(_ h: XenHandle) throws(ShimErrno) -> UInt64 { try inner.maxRAMPage(h) }
             func readSharedInfoPage(_ h: XenHandle, domid: UInt32, frame: UInt64) throws(ShimErrno) -> [UInt8] {
                 try inner.readSharedInfoPage(h, domid: domid, frame: frame)
             }
@@ -318,13 +353,12 @@ struct XenHostListTests {
             func unmapFrames(_ h: XenHandle, base: UnsafeMutableRawPointer, count: UInt32) throws(ShimErrno) {
                 try inner.unmapFrames(h, base: base, count: count)
             }
-            func mapM2P(_ h: XenHandle, maxMFN: UInt64) throws(ShimErrno) -> MappedM2P { try inner.mapM2P(h, maxMFN: maxMFN) }
+            func mapM2P(_ h: XenHandle, entries: UInt64) throws(ShimErrno) -> UnsafePointer<UInt64> { try inner.mapM2P(h, entries: entries) }
             func unmapM2P(base: UnsafePointer<UInt64>, mappedBytes: Int) throws(ShimErrno) {
                 try inner.unmapM2P(base: base, mappedBytes: mappedBytes)
             }
             func domainName(_ h: XenHandle, domid: UInt32) throws(ShimErrno) -> String { try inner.domainName(h, domid: domid) }
             func ownXenstoreValue(_ h: XenHandle, key: String) throws(ShimErrno) -> String { try inner.ownXenstoreValue(h, key: key) }
-            func sharedInfoArchOffset(widthBytes: UInt32) -> UInt32 { inner.sharedInfoArchOffset(widthBytes: widthBytes) }
         }
         let control = FailSecond()
         control.inner.domains = (0..<300).map { raw(UInt32($0)) }
@@ -405,17 +439,18 @@ struct XenHostMappingTests {
     @Test("the M2P mapping exposes the entries and unmaps exactly once")
     func m2pMapping() throws {
         let fake = FakeControl()
-        fake.m2pEntries = 4096
         let host = try makeHost(fake)
         var m2p: M2PMapping? = try host.mapM2P(maxMFN: 4000)
-        #expect(m2p?.entries.count == 4096)
+        // 4001 MFNs asked for; libxenctrl maps one whole 2 MiB chunk, all of it readable.
+        #expect(fake.mapM2PRequests == [4001])
+        #expect(m2p?.entries.count == 262_144)
         #expect(m2p?.entries[100] == 300)
         let base = m2p?.entries.baseAddress
         #expect(fake.unmapM2PCalls.isEmpty)
         m2p = nil
         #expect(fake.unmapM2PCalls.count == 1)
         #expect(fake.unmapM2PCalls.first?.base == base)
-        #expect(fake.unmapM2PCalls.first?.bytes == 4096 * 8)
+        #expect(fake.unmapM2PCalls.first?.bytes == 2 << 20)
     }
 }
 

@@ -1,6 +1,6 @@
 import Foundation
 import P2MEngine
-import XCTest
+import Testing
 import XenP2MAPI
 #if canImport(Glibc)
 import Glibc
@@ -14,11 +14,11 @@ enum Binaries {
         return exe.deletingLastPathComponent()
     }
 
-    static func path(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+    static func path(_ name: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
         let p = directory.appendingPathComponent(name).path
         guard FileManager.default.isExecutableFile(atPath: p) else {
-            XCTFail("\(name) is not built at \(p); run `swift build --scratch-path <same path>` first", file: file, line: line)
-            throw XCTSkip("missing binary \(p)") // unreachable in practice: XCTFail already failed the test
+            Issue.record("\(name) is not built at \(p); run `swift build --scratch-path <same path>` first", sourceLocation: sourceLocation)
+            throw HarnessError("missing binary \(p)")
         }
         return p
     }

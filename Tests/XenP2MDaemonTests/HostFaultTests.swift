@@ -1,6 +1,6 @@
 import Foundation
 import P2MEngine
-import XCTest
+import Testing
 import XenP2MAPI
 #if canImport(Glibc)
 import Glibc
@@ -9,10 +9,13 @@ import Glibc
 /// Faults of the host and of the machine the daemon runs on, against the real binaries:
 /// the host cannot list its domains or map its M2P (scenario `host.faults`), the state
 /// file system is full, and the wall clock jumps.
-final class HostFaultTests: XCTestCase {
-    var ctl: String!
+// Nested in DaemonEndToEndTests (not indented, to keep this file's history readable) so
+// that its serialization covers these tests too.
+extension DaemonEndToEndTests {
+@Suite final class HostFaultTests {
+    let ctl: String
 
-    override func setUpWithError() throws {
+    init() throws {
         ctl = try Binaries.path("xenp2mctl")
         _ = try Binaries.path("xenp2md")
     }
@@ -38,7 +41,7 @@ final class HostFaultTests: XCTestCase {
     /// known domain (no domain_gone), serves the old reports marked stale, says so in
     /// /v1/health (status degraded) and in `xenp2mctl list`/`check`; afterwards it scans
     /// again and the marks go away.
-    func testDomainListingFailureKeepsLastKnownStateAndRecovers() throws {
+    @Test func testDomainListingFailureKeepsLastKnownStateAndRecovers() throws {
         let d = try daemon(scenario: """
             host:
               memory_gib: 1
@@ -49,59 +52,59 @@ final class HostFaultTests: XCTestCase {
               - {domid: 2, name: hvm-two, type: hvm, memory_mib: 64}
             """)
         try d.waitPolled()
-        XCTAssertTrue(try d.eventually(10) { try d.health().domainListing?.ok == false }, d.log)
+        #expect(try d.eventually(10) { try d.health().domainListing?.ok == false }, "\(d.log)")
 
         let h = try d.health()
-        XCTAssertEqual(h.status, "degraded")
-        XCTAssertEqual(h.domains, 2, "a host that cannot list its domains has not destroyed them")
-        let listing = try XCTUnwrap(h.domainListing)
-        XCTAssertGreaterThanOrEqual(listing.consecutiveFailures, 1)
-        XCTAssertEqual(listing.lastError, "list domains from domid 0 failed: EIO (Input/output error)")
-        XCTAssertNotNil(listing.failingSince)
-        XCTAssertNotNil(listing.lastSuccessAt)
-        XCTAssertEqual(h.problems?.count, 1)
-        XCTAssertTrue(h.problems?.first?.hasPrefix("cannot list domains since ") == true, "\(h.problems ?? [])")
-        XCTAssertTrue(h.problems?.first?.contains("EIO") == true)
+        #expect(h.status == "degraded")
+        #expect(h.domains == 2, "a host that cannot list its domains has not destroyed them")
+        let listing = try #require(h.domainListing)
+        #expect(listing.consecutiveFailures >= 1)
+        #expect(listing.lastError == ("list domains from domid 0 failed: EIO (Input/output error)"))
+        #expect(listing.failingSince != nil)
+        #expect(listing.lastSuccessAt != nil)
+        #expect(h.problems?.count == 1)
+        #expect(h.problems?.first?.hasPrefix("cannot list domains since ") == true, "\(h.problems ?? [])")
+        #expect(h.problems?.first?.contains("EIO") == true)
 
         let stale = try d.summaries()
-        XCTAssertEqual(stale.map(\.domid), [1, 2])
-        XCTAssertEqual(stale.map(\.severity), [.ok, .notApplicable], "the last known verdicts, not errors")
-        XCTAssertTrue(stale.allSatisfy { $0.stale?.contains("list domains from domid 0 failed: EIO") == true }, "\(stale.map(\.stale))")
-        XCTAssertEqual(try d.client.request("GET", "/v1/domains/1").status, 200)
+        #expect(stale.map(\.domid) == ([1, 2]))
+        #expect(stale.map(\.severity) == ([.ok, .notApplicable]), "the last known verdicts, not errors")
+        #expect(stale.allSatisfy { $0.stale?.contains("list domains from domid 0 failed: EIO") == true }, "\(stale.map(\.stale))")
+        #expect((try d.client.request("GET", "/v1/domains/1").status) == 200)
         let list = try ctl(d, "list")
-        XCTAssertEqual(list.status, 0, list.stderr)
-        XCTAssertTrue(list.stdout.contains("\nSTALE: cannot list domains since "), list.stdout)
+        #expect(list.status == 0, "\(list.stderr)")
+        #expect(list.stdout.contains("\nSTALE: cannot list domains since "), "\(list.stdout)")
         let check = try ctl(d, "check")
-        XCTAssertEqual(check.status, 3, "stale all-clear is UNKNOWN: \(check.stdout)")
-        XCTAssertTrue(check.stdout.hasPrefix("P2M UNKNOWN - 2 domains: 0 critical, 0 warning, 0 unknown, 2 ok; stale: cannot list domains"), check.stdout)
+        #expect(check.status == 3, "stale all-clear is UNKNOWN: \(check.stdout)")
+        #expect(check.stdout.hasPrefix("P2M UNKNOWN - 2 domains: 0 critical, 0 warning, 0 unknown, 2 ok; stale: cannot list domains"), "\(check.stdout)")
         let metrics = String(decoding: try d.client.request("GET", "/metrics").body, as: UTF8.self)
-        XCTAssertTrue(metrics.split(separator: "\n").contains { $0.hasPrefix("xenp2m_domain_listing_failures ") && !$0.hasSuffix(" 0") && !$0.hasSuffix(" 0.0") }, metrics)
+        #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("xenp2m_domain_listing_failures ") && !$0.hasSuffix(" 0") && !$0.hasSuffix(" 0.0") }, "\(metrics)")
 
         // The loop keeps running while it fails.
         let polls = h.polls
-        XCTAssertTrue(try d.eventually(5) { try d.health().polls >= polls + 2 })
+        #expect(try d.eventually(5) { try d.health().polls >= polls + 2 })
 
         // Recovery: listing works again, scans resume, the marks go away.
-        let scannedBefore = try XCTUnwrap(stale.first?.scannedAt)
-        XCTAssertTrue(try d.eventually(15) { try d.health().domainListing?.ok == true }, d.log)
-        XCTAssertTrue(try d.eventually(5) { try d.summaries().first.flatMap(\.scannedAt).map { $0 > scannedBefore } == true })
+        let scannedBefore = try #require(stale.first?.scannedAt)
+        #expect(try d.eventually(15) { try d.health().domainListing?.ok == true }, "\(d.log)")
+        #expect(try d.eventually(5) { try d.summaries().first.flatMap(\.scannedAt).map { $0 > scannedBefore } == true })
         let after = try d.health()
-        XCTAssertEqual(after.status, "ok")
-        XCTAssertEqual(after.problems, [])
-        XCTAssertEqual(after.domainListing?.failures, 15)
-        XCTAssertEqual(after.domainListing?.consecutiveFailures, 0)
-        XCTAssertNil(after.domainListing?.failingSince)
-        XCTAssertEqual(after.domainListing?.lastError, listing.lastError, "the last failure stays on record")
-        XCTAssertTrue(try d.summaries().allSatisfy { $0.stale == nil })
-        XCTAssertEqual(try ctl(d, "check").status, 0)
+        #expect(after.status == "ok")
+        #expect(after.problems == [])
+        #expect(after.domainListing?.failures == 15)
+        #expect(after.domainListing?.consecutiveFailures == 0)
+        #expect(after.domainListing?.failingSince == nil)
+        #expect(after.domainListing?.lastError == listing.lastError, "the last failure stays on record")
+        #expect(try d.summaries().allSatisfy { $0.stale == nil })
+        #expect((try ctl(d, "check").status) == 0)
 
         let events = try d.events()
-        XCTAssertFalse(events.contains { $0.kind == .domainGone }, "\(events.map(\.message))")
-        XCTAssertEqual(events.filter { $0.kind.isIncident }.map(\.kind), [.domainNew, .domainNew])
+        #expect(!(events.contains { $0.kind == .domainGone }), "\(events.map(\.message))")
+        #expect((events.filter { $0.kind.isIncident }.map(\.kind)) == ([.domainNew, .domainNew]))
         // One error line for the whole outage, one line for the recovery.
-        XCTAssertEqual(d.log.components(separatedBy: "cannot list domains; keeping the last known reports").count - 1, 1, d.log)
-        XCTAssertTrue(d.log.contains("domain listing works again"), d.log)
-        XCTAssertTrue(d.isRunning)
+        #expect((d.log.components(separatedBy: "cannot list domains; keeping the last known reports").count - 1) == 1, "\(d.log)")
+        #expect(d.log.contains("domain listing works again"), "\(d.log)")
+        #expect(d.isRunning)
     }
 
     // MARK: - M2P cannot be mapped
@@ -109,7 +112,7 @@ final class HostFaultTests: XCTestCase {
     /// The M2P map fails (scans 2-3) and then comes back short (scans 4-5): every such
     /// scan is an error naming the call, never a finding; the daemon is not degraded (the
     /// host answers), and the domain is ok again once the M2P maps.
-    func testM2PMapFailureIsAScanErrorNotFindings() throws {
+    @Test func testM2PMapFailureIsAScanErrorNotFindings() throws {
         let d = try daemon(scenario: """
             host:
               memory_gib: 1
@@ -122,27 +125,26 @@ final class HostFaultTests: XCTestCase {
             """, config: "poll:\n  history: 50\n")
         try d.waitPolled()
         // Scan 6 maps the M2P again: error -> ok.
-        XCTAssertTrue(try d.eventually(15) {
+        #expect(try d.eventually(15) {
             try d.events().contains { $0.kind == .severityChanged && $0.domid == 1 && $0.current == "ok" }
-        }, d.log)
+        }, "\(d.log)")
         let history = try P2MReport.decoder().decode([P2MReport].self, from: d.client.request("GET", "/v1/domains/1?history=1").body)
-        XCTAssertGreaterThanOrEqual(history.count, 6)
+        #expect(history.count >= 6)
         let errors = history.compactMap(\.error)
-        XCTAssertEqual(errors.filter { $0 == "map the M2P table up to MFN 0x3ffff failed: EFAULT (Bad address)" }.count, 2, "\(errors)")
-        XCTAssertEqual(errors.filter { $0.contains("(the mapping has 16 entries, not 262144) failed: ERANGE") }.count, 2, "\(errors)")
-        XCTAssertEqual(history.filter { $0.severity == .error }.count, 4)
-        XCTAssertTrue(history.allSatisfy { $0.findings.isEmpty }, "no finding may come from a missing M2P: \(history.map { $0.findings.map(\.kind) })")
-        XCTAssertEqual(history.last?.severity, .ok)
+        #expect((errors.filter { $0 == "map the M2P table up to MFN 0x3ffff failed: EFAULT (Bad address)" }.count) == 2, "\(errors)")
+        #expect((errors.filter { $0.contains("inconsistent answer from the host: the mapping has 16 entries, not 262144") }.count) == 2, "\(errors)")
+        #expect((history.filter { $0.severity == .error }.count) == 4)
+        #expect(history.allSatisfy { $0.findings.isEmpty }, "no finding may come from a missing M2P: \(history.map { $0.findings.map(\.kind) })")
+        #expect(history.last?.severity == .ok)
 
         let incidents = try incidentLogEvents(d.stateDir + "/incidents.jsonl").filter { $0.domid == 1 }
-        XCTAssertEqual(incidents.map(\.kind), [.domainNew, .severityChanged, .severityChanged])
-        XCTAssertEqual(incidents.dropFirst().first?.message,
-                       "domain 1 (pv-one): ok -> error (map the M2P table up to MFN 0x3ffff failed: EFAULT (Bad address))")
+        #expect(incidents.map(\.kind) == ([.domainNew, .severityChanged, .severityChanged]))
+        #expect(incidents.dropFirst().first?.message == ("domain 1 (pv-one): ok -> error (map the M2P table up to MFN 0x3ffff failed: EFAULT (Bad address))"))
         let h = try d.health()
-        XCTAssertEqual(h.status, "ok")
-        XCTAssertEqual(h.domains, 2)
-        XCTAssertEqual(try d.client.request("GET", "/v1/domains/2").status, 200)
-        XCTAssertTrue(d.isRunning)
+        #expect(h.status == "ok")
+        #expect(h.domains == 2)
+        #expect((try d.client.request("GET", "/v1/domains/2").status) == 200)
+        #expect(d.isRunning)
     }
 
     // MARK: - State file system full
@@ -150,15 +152,15 @@ final class HostFaultTests: XCTestCase {
     /// A 64 KiB tmpfs, filled: every append fails with ENOSPC. /v1/health says so (status
     /// degraded, incident_log.writable false, the error, the held count); once space is
     /// freed the next poll writes the held incidents, in order, and health is ok again.
-    func testFullStateFileSystemIsReportedAndHeldIncidentsAreWrittenLater() throws {
-        guard getuid() == 0 else { throw XCTSkip("SKIPPED: mounting a 64 KiB tmpfs for the state directory needs root") }
+    @Test func testFullStateFileSystemIsReportedAndHeldIncidentsAreWrittenLater() throws {
+        guard getuid() == 0 else { try Test.cancel("SKIPPED: mounting a 64 KiB tmpfs for the state directory needs root") }
         let dir = try makeTempDir()
         let state = dir + "/state"
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
         let mount = try runTool("/bin/mount", ["-t", "tmpfs", "-o", "size=64k", "xenp2m-test-full", state])
         guard mount.status == 0 else {
             try? FileManager.default.removeItem(atPath: dir)
-            throw XCTSkip("SKIPPED: cannot mount a tmpfs at \(state) (\(mount.stderr.trimmingCharacters(in: .whitespacesAndNewlines))); the full-disk case is untested")
+            try Test.cancel("SKIPPED: cannot mount a tmpfs at \(state) (\(mount.stderr.trimmingCharacters(in: .whitespacesAndNewlines))); the full-disk case is untested")
         }
         var d: DaemonUnderTest?
         defer {
@@ -173,10 +175,10 @@ final class HostFaultTests: XCTestCase {
         _ = FileManager.default.createFile(atPath: state + "/incidents.jsonl", contents: nil)
         let filler = state + "/filler"
         let fd = open(filler, O_WRONLY | O_CREAT, 0o644)
-        XCTAssertGreaterThanOrEqual(fd, 0)
+        #expect(fd >= 0)
         let block = [UInt8](repeating: 0x78, count: 4096)
         while write(fd, block, block.count) > 0 {}
-        XCTAssertEqual(errno, ENOSPC)
+        #expect(errno == ENOSPC)
         close(fd)
 
         let daemon = try DaemonUnderTest(dir: dir)
@@ -184,34 +186,34 @@ final class HostFaultTests: XCTestCase {
         d = daemon
         try daemon.waitPolled()
         let h = try daemon.health()
-        XCTAssertEqual(h.status, "degraded")
-        let log = try XCTUnwrap(h.incidentLog)
-        XCTAssertFalse(log.writable)
-        XCTAssertEqual(log.path, state + "/incidents.jsonl")
-        XCTAssertTrue(log.lastError?.hasSuffix("No space left on device") == true, "\(log)")
-        XCTAssertEqual(log.unpersistedEvents, 6, "one domain_new per demo domain")
-        XCTAssertEqual(log.droppedEvents, 0)
-        XCTAssertNotNil(log.failingSince)
-        XCTAssertEqual(h.incidents, 6, "still served from memory")
-        XCTAssertEqual(h.problems, ["incident log not writable (\(log.lastError!)): 6 incidents held in memory only"])
-        XCTAssertEqual(try String(contentsOfFile: state + "/incidents.jsonl", encoding: .utf8), "", "no torn record left behind")
-        XCTAssertTrue(daemon.log.contains("incident log: write failed"), daemon.log)
+        #expect(h.status == "degraded")
+        let log = try #require(h.incidentLog)
+        #expect(!log.writable)
+        #expect(log.path == (state + "/incidents.jsonl"))
+        #expect(log.lastError?.hasSuffix("No space left on device") == true, "\(log)")
+        #expect(log.unpersistedEvents == 6, "one domain_new per demo domain")
+        #expect(log.droppedEvents == 0)
+        #expect(log.failingSince != nil)
+        #expect(h.incidents == 6, "still served from memory")
+        #expect(h.problems == (["incident log not writable (\(log.lastError!)): 6 incidents held in memory only"]))
+        #expect((try String(contentsOfFile: state + "/incidents.jsonl", encoding: .utf8)) == "", "no torn record left behind")
+        #expect(daemon.log.contains("incident log: write failed"), "\(daemon.log)")
         let metrics = String(decoding: try daemon.client.request("GET", "/metrics").body, as: UTF8.self)
-        XCTAssertTrue(metrics.contains("xenp2m_incident_log_unpersisted_events 6"), metrics)
+        #expect(metrics.contains("xenp2m_incident_log_unpersisted_events 6"), "\(metrics)")
 
         // Space again: the next poll writes what was held.
         try FileManager.default.removeItem(atPath: filler)
-        XCTAssertTrue(try daemon.eventually(10) { try daemon.health().incidentLog?.writable == true }, daemon.log)
+        #expect(try daemon.eventually(10) { try daemon.health().incidentLog?.writable == true }, "\(daemon.log)")
         let ok = try daemon.health()
-        XCTAssertEqual(ok.status, "ok")
-        XCTAssertEqual(ok.problems, [])
-        XCTAssertEqual(ok.incidentLog?.unpersistedEvents, 0)
-        XCTAssertGreaterThanOrEqual(ok.incidentLog?.writeFailures ?? 0, 6, "each append failed, then each poll's retry")
+        #expect(ok.status == "ok")
+        #expect(ok.problems == [])
+        #expect(ok.incidentLog?.unpersistedEvents == 0)
+        #expect((ok.incidentLog?.writeFailures ?? 0) >= 6, "each append failed, then each poll's retry")
         let written = try incidentLogEvents(state + "/incidents.jsonl")
-        XCTAssertEqual(written.map(\.seq), Array(1...6))
-        XCTAssertEqual(written, try daemon.events().filter { $0.kind.isIncident })
-        XCTAssertTrue(daemon.log.contains("incident log: writable again; held events written"), daemon.log)
-        XCTAssertTrue(daemon.isRunning)
+        #expect(written.map(\.seq) == Array(1...6))
+        #expect(written == (try daemon.events().filter { $0.kind.isIncident }))
+        #expect(daemon.log.contains("incident log: writable again; held events written"), "\(daemon.log)")
+        #expect(daemon.isRunning)
     }
 
     // MARK: - Wall clock jumps
@@ -259,19 +261,19 @@ final class HostFaultTests: XCTestCase {
     /// after the jump back, no burst after the jump forward), /v1/health answers and its
     /// last_poll_at follows the wall clock, event times follow the wall clock while their
     /// seq only grows, and the incident log stays readable, in seq order, across a restart.
-    func testWallClockJumpsDoNotDisturbPolling() throws {
+    @Test func testWallClockJumpsDoNotDisturbPolling() throws {
         guard let libfaketime = Self.libfaketime else {
-            throw XCTSkip("SKIPPED: no /usr/lib/*/faketime/libfaketime.so.1 (apt-get install faketime; scripts/setup.sh installs it); clock jumps are untested")
+            try Test.cancel("SKIPPED: no /usr/lib/*/faketime/libfaketime.so.1 (apt-get install faketime; scripts/setup.sh installs it); clock jumps are untested")
         }
         guard let cc = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang", "/opt/swift/usr/bin/clang"]
             .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            throw XCTSkip("SKIPPED: no C compiler for the timerfd shim libfaketime needs here; clock jumps are untested")
+            try Test.cancel("SKIPPED: no C compiler for the timerfd shim libfaketime needs here; clock jumps are untested")
         }
         // TSan and libfaketime both interpose clock_gettime; together the daemon never
         // gets through start-up ("Unexpected recursive calls to clock_gettime").
         if let daemon = try? Binaries.path("xenp2md"), let image = FileManager.default.contents(atPath: daemon),
            image.range(of: Data("__tsan_init".utf8)) != nil {
-            throw XCTSkip("SKIPPED: xenp2md is built with ThreadSanitizer, which cannot run under libfaketime; clock jumps are untested in this build")
+            try Test.cancel("SKIPPED: xenp2md is built with ThreadSanitizer, which cannot run under libfaketime; clock jumps are untested in this build")
         }
         let dir = try makeTempDir()
         try Self.timerfdShim.write(toFile: dir + "/timerfd-shim.c", atomically: true, encoding: .utf8)
@@ -330,15 +332,15 @@ final class HostFaultTests: XCTestCase {
             let t0 = ContinuousClock.now
             let reached = try d.eventually(20) { try d.health().polls >= target }
             let polls = try d.health().polls
-            XCTAssertTrue(reached, "\(name): polling stalled at \(polls) polls:\n\(d.log)")
+            #expect(reached, "\(name): polling stalled at \(polls) polls:\n\(d.log)")
             let h1 = try d.health()
             let elapsed = Double((ContinuousClock.now - t0).components.seconds) + Double((ContinuousClock.now - t0).components.attoseconds) / 1e18
             let done = Double(h1.polls - h0.polls)
             print("clock jumps, \(name): \(Int(done)) polls in \(String(format: "%.2f", elapsed)) s (interval \(interval) s), last_poll_at \(h1.lastPollAt.map { "\($0)" } ?? "-")")
-            XCTAssertLessThanOrEqual(done, elapsed / interval + 3, "\(name): \(done) polls in \(elapsed) s is a burst")
-            XCTAssertGreaterThanOrEqual(done, elapsed / (interval * 3) - 1, "\(name): \(done) polls in \(elapsed) s is a stall")
-            let lag = try XCTUnwrap(h1.lastPollAt).timeIntervalSince(Date()) - offset
-            XCTAssertLessThan(abs(lag), 5, "\(name): last_poll_at \(h1.lastPollAt!) does not follow the wall clock (offset \(offset) s)")
+            #expect(done <= (elapsed / interval + 3), "\(name): \(done) polls in \(elapsed) s is a burst")
+            #expect(done >= (elapsed / (interval * 3) - 1), "\(name): \(done) polls in \(elapsed) s is a stall")
+            let lag = try #require(h1.lastPollAt).timeIntervalSince(Date()) - offset
+            #expect(abs(lag) < 5, "\(name): last_poll_at \(h1.lastPollAt!) does not follow the wall clock (offset \(offset) s)")
         }
         // Scans 9..16 cannot map the M2P: ok -> error at poll 9 (after the jump forward),
         // error -> ok at poll 17 (after the jump back), so incidents land in both phases.
@@ -351,7 +353,7 @@ final class HostFaultTests: XCTestCase {
 
         // Every event's time is the wall clock of its phase; phases follow seq order.
         let events = try d.events()
-        XCTAssertEqual(events.map(\.seq), Array(1...UInt64(events.count)), "seq is gapless and increasing")
+        #expect(events.map(\.seq) == Array(1...UInt64(events.count)), "seq is gapless and increasing")
         let offsets: [Double] = [0, 3600, -7200]
         func phaseOf(_ e: DaemonEvent) -> Int? {
             offsets.firstIndex { o in
@@ -360,31 +362,32 @@ final class HostFaultTests: XCTestCase {
             }
         }
         let phases = events.map(phaseOf)
-        XCTAssertFalse(phases.contains(nil), "event times outside every phase: \(events.map { "\($0.seq) \($0.time)" })")
-        XCTAssertEqual(phases.compactMap { $0 }, phases.compactMap { $0 }.sorted(), "event times jump between phases out of seq order")
-        XCTAssertEqual(Set(phases.compactMap { $0 }), [0, 1, 2], "events in every phase (memory_changed each poll)")
+        #expect(!phases.contains(nil), "event times outside every phase: \(events.map { "\($0.seq) \($0.time)" })")
+        #expect((phases.compactMap { $0 }) == (phases.compactMap { $0 }.sorted()), "event times jump between phases out of seq order")
+        #expect((Set(phases.compactMap { $0 })) == ([0, 1, 2]), "events in every phase (memory_changed each poll)")
 
         let incidents = try incidentLogEvents(d.stateDir + "/incidents.jsonl")
-        XCTAssertEqual(incidents.map(\.kind), [.domainNew, .severityChanged, .severityChanged])
-        XCTAssertEqual(incidents.map(\.current), ["ok", "error", "ok"])
-        XCTAssertEqual(incidents.map(phaseOf), [0, 1, 2])
-        XCTAssertEqual(incidents.map(\.seq), incidents.map(\.seq).sorted())
-        XCTAssertEqual(incidents, events.filter { $0.kind.isIncident })
+        #expect(incidents.map(\.kind) == ([.domainNew, .severityChanged, .severityChanged]))
+        #expect(incidents.map(\.current) == (["ok", "error", "ok"]))
+        #expect(incidents.map(phaseOf) == ([0, 1, 2]))
+        #expect(incidents.map(\.seq) == incidents.map(\.seq).sorted())
+        #expect(incidents == (events.filter { $0.kind.isIncident }))
         guard incidents.count == 3 else { return }
-        XCTAssertLessThan(incidents[2].time, incidents[0].time, "the wall clock went back: a later incident has an earlier time")
+        #expect(incidents[2].time < incidents[0].time, "the wall clock went back: a later incident has an earlier time")
 
         // The log loads in a daemon with a sane clock, and numbering continues after it.
         d.signal(SIGTERM)
-        XCTAssertEqual(d.waitExit(timeout: 15), 0, d.log)
+        #expect((d.waitExit(timeout: 15)) == 0, "\(d.log)")
         let next = try DaemonUnderTest(dir: dir, extraArgs: ["--scenario", dir + "/fleet.yaml"])
         next.removeOnDeinit = false
         try next.waitPolled()
-        XCTAssertTrue(next.log.contains("incidents_loaded=3 "), next.log)
-        XCTAssertFalse(next.log.contains("skipped unreadable lines"), next.log)
+        #expect(next.log.contains("incidents_loaded=3 "), "\(next.log)")
+        #expect(!(next.log.contains("skipped unreadable lines")), "\(next.log)")
         let replay = try next.events().filter { $0.kind.isIncident }
-        XCTAssertEqual(Array(replay.prefix(3)), incidents)
-        XCTAssertTrue(replay.dropFirst(3).allSatisfy { $0.seq > incidents[2].seq })
+        #expect(Array(replay.prefix(3)) == incidents)
+        #expect(replay.dropFirst(3).allSatisfy { $0.seq > incidents[2].seq })
         next.signal(SIGTERM)
-        XCTAssertEqual(next.waitExit(timeout: 15), 0)
+        #expect((next.waitExit(timeout: 15)) == 0)
     }
+}
 }

@@ -43,8 +43,24 @@ enum {
     XP2M_DOM_HVM = 1u << 1,      /* auto-translated: HVM or PVH */
     XP2M_DOM_SHUTDOWN = 1u << 2,
     XP2M_DOM_PAUSED = 1u << 3,
-    XP2M_DOM_PVH = 1u << 4,      /* HVM container without device model emulation */
+    /* 1u << 4 was a PVH flag: Swift now tells PVH from HVM by emulation_flags */
     XP2M_DOM_RUNNING = 1u << 5,
+};
+
+/*
+ * The emulated devices of an HVM container (Xen's XEN_X86_EMU_*, pinned in shim.c), as
+ * xp2m_dominfo.emulation_flags reports them: which of them a domain has tells PVH from HVM.
+ */
+enum {
+    XP2M_EMU_LAPIC = 1u << 0,
+    XP2M_EMU_HPET = 1u << 1,
+    XP2M_EMU_PM = 1u << 2,
+    XP2M_EMU_RTC = 1u << 3,
+    XP2M_EMU_IOAPIC = 1u << 4,
+    XP2M_EMU_PIC = 1u << 5,
+    XP2M_EMU_VGA = 1u << 6,
+    XP2M_EMU_IOMMU = 1u << 7,
+    XP2M_EMU_PIT = 1u << 8,
 };
 
 typedef struct {
@@ -55,6 +71,7 @@ typedef struct {
     uint64_t tot_pages;
     uint64_t max_pages;
     uint64_t shared_info_frame;
+    uint32_t emulation_flags;  /* XP2M_EMU_*, as Xen reports them (HVM containers only) */
     uint8_t handle[16];        /* the domain's UUID */
 } xp2m_dominfo;
 
@@ -80,11 +97,8 @@ int xp2m_domain_info(xp2m_handle *h, uint32_t domid, xp2m_dominfo *out);
 int xp2m_own_xenstore_value(xp2m_handle *h, const char *key, char *buf, size_t len);
 int xp2m_guest_width(xp2m_handle *h, uint32_t domid, uint32_t *width_bytes);
 int xp2m_nr_gpfns(xp2m_handle *h, uint32_t domid, uint64_t *nr);
-/*
- * Highest valid MFN on the host. Xen's XENMEM_maximum_ram_page answers max_page,
- * one past the last frame; this is that minus one, the value xp2m_map_m2p expects.
- */
-int xp2m_max_mfn(xp2m_handle *h, uint64_t *max_mfn);
+/* Xen's max_page (XENMEM_maximum_ram_page), as Xen answers it: one past the last frame. */
+int xp2m_max_ram_page(xp2m_handle *h, uint64_t *max_page);
 
 /* Copies the 4096-byte shared-info page of domid (frame from xp2m_dominfo). */
 int xp2m_read_shared_info_page(xp2m_handle *h, uint32_t domid, uint64_t frame, uint8_t page[4096]);
@@ -99,8 +113,11 @@ int xp2m_read_shared_info_page(xp2m_handle *h, uint32_t domid, uint64_t frame, u
 int xp2m_map_frames(xp2m_handle *h, uint32_t domid, const uint64_t *mfns, uint32_t n, int32_t *errs, void **addr);
 int xp2m_unmap_frames(xp2m_handle *h, void *addr, uint32_t n);
 
-/* Maps Xen's M2P read-only; *entries is how many 8-byte entries are readable. */
-int xp2m_map_m2p(xp2m_handle *h, uint64_t max_mfn, const uint64_t **m2p, uint64_t *entries, size_t *mapped_bytes);
+/*
+ * Maps Xen's M2P read-only for nr_entries MFNs (xc_map_m2p). libxenctrl maps it in whole
+ * chunks; the caller knows their size and passes the mapped length to xp2m_unmap_m2p.
+ */
+int xp2m_map_m2p(xp2m_handle *h, uint64_t nr_entries, const uint64_t **m2p);
 int xp2m_unmap_m2p(const uint64_t *m2p, size_t mapped_bytes);
 
 /*
@@ -123,9 +140,6 @@ int xp2m_hypervisor_version(xp2m_handle *h, uint32_t *major, uint32_t *minor, ch
  * harmless domctl on dom0 (EACCES: the hypervisor speaks another interface version).
  */
 int xp2m_check_domctl(xp2m_handle *h);
-
-/* Layout facts checked at compile time against Xen's headers (see shim.c). */
-uint32_t xp2m_shared_info_arch_offset(uint32_t width_bytes);
 
 #ifdef __cplusplus
 }

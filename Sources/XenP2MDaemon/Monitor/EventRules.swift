@@ -56,7 +56,7 @@ enum EventRules {
         return out
     }
 
-    /// The domain left the host's list (`why`: "destroyed", "vanished during a scan").
+    /// The domain left the host's list (`why`: "destroyed", `HostError.vanishedDuringScan`).
     static func gone(_ domid: DomID, latest: P2MReport?, uuid: String, why: String) -> EventDraft {
         EventDraft(kind: .domainGone, domid: domid, name: latest?.name, uuid: uuid, severity: latest?.severity,
                    previous: latest?.severity.rawValue,

@@ -260,7 +260,7 @@ public actor Monitor {
     func record(_ r: P2MReport, uuid: String, vanished: Bool) {
         guard var rec = records[r.domid], rec.info.uuidString == uuid else { return }
         if vanished {
-            gone(r.domid, rec, why: "vanished during a scan")
+            gone(r.domid, rec, why: HostError.vanishedDuringScan)
             return
         }
         busySince = busySince.map { _ in .now }
