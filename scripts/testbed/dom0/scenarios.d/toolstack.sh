@@ -131,6 +131,9 @@ ts_compare() {
       sleep 2
       local st; st=$(xl list "$name" 2>/dev/null | awk 'NR == 2 { print $5 }')
       TS_DETAIL+=", restore exit 0 (domid $rd, state ${st:-?})"
+      # What the restored kernel said (its log continues the saved one's).
+      sleep 3
+      info "TS $n $name restored console: $(tail -c +"$((seen + 1))" "$conlog" 2>/dev/null | tr -d '\r' | grep -a -E 'P2M|BUG|Oops|WARNING|panic|RIP:|[Ss]uspend|[Rr]esum|Freez|Restarting|OOM|segfault' | head -25 | cut -c1-160 | tr '\n' '|')"
       # A guest restored from a faithful image is still a healthy guest.
       if [ "$want" = works ]; then
         local after; after=$(report "$rd" | jq -r .severity)
@@ -153,6 +156,7 @@ ts_compare() {
         else
           TS_WHY+=" restored-pfn-$TS_PFN:[${page:-no P2MPAGE line after the restore}]"
           info "TS $n $name | restored image, pfn $TS_PFN as the restored guest reads it | the donor frame's content | ${page:-no P2MPAGE line after the restore} | no"
+          info "TS $n $name console: before the restore: $(head -c "$seen" "$conlog" 2>/dev/null | grep -a 'P2MPAGE\|P2MCORRUPT' | tr -d '\r' | tr '\n' '|')"
         fi
       fi
     else
