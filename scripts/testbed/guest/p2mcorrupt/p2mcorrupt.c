@@ -9,11 +9,13 @@
  * victim page still points at its original frame, only the published P2M is wrong.
  * Result line on the console: "P2MCORRUPT pfn=0x.. mfn=0x..->0x.. donor_pfn=0x..".
  *
- * Both pages are filled first, each with its own marker, and the victim is watched through
- * the kernel's mapping made before the damage: every second it is compared with the donor,
- * and each change is printed, "P2MPAGE pfn=0x.. holds=own|donor|other". A save copies the
- * victim pfn from the frame its entry names, so a guest restored from that image prints
- * "holds=donor": the image held the donor's page at the victim's pfn.
+ * Both pages are filled first, each with its own marker ("XTB-PAGE victim pfn=0x..",
+ * "XTB-PAGE donor pfn=0x.."), so a saved image shows which content each pfn got: a save
+ * that copies the victim pfn from the frame its entry names holds the donor's marker twice
+ * and the victim's not at all. The victim is also watched through the kernel's mapping
+ * made before the damage: every second it is compared with the donor and each change is
+ * printed, "P2MPAGE pfn=0x.. holds=own|donor|other" (the markers themselves are never
+ * printed, so the kernel's log buffer cannot add a copy to an image).
  *
  * With leaf=N it damages the P2M's own storage instead: the entry of the pfn whose page
  * holds leaf N of the linear list (entries N*512.. on x86-64) is set to INVALID, or with
@@ -84,7 +86,7 @@ static void watch_victim(struct work_struct *w)
 	else
 		now = "other";
 	if (now != last_seen) {
-		pr_emerg("P2MPAGE pfn=0x%lx holds=%s first=%.40s\n", page_to_pfn(victim), now, v);
+		pr_emerg("P2MPAGE pfn=0x%lx holds=%s\n", page_to_pfn(victim), now);
 		last_seen = now;
 	}
 	schedule_delayed_work(&watch, HZ);
