@@ -24,6 +24,9 @@ struct LeafChecker {
     /// and at most `ownerLeafLimit` leaves; past that, `ownerLeavesOverflowed`.
     var ownerLeaves = Set<UInt64>()
     var ownerLeavesOverflowed = false
+    /// Leaves of this walk: an owner beyond them (INVALID, another domain's pfn) is no
+    /// leaf to check and must not use up the limit.
+    var ownerLeafBound: UInt64 = .max
     static let ownerLeafLimit = 4096
 
     init(width: GuestWidth, maxMFN: UInt64, m2p: UnsafeBufferPointer<UInt64>, probe: Bool, bitmap mfns: MFNBitmap) {
@@ -40,9 +43,10 @@ struct LeafChecker {
 
     @inline(never)
     private mutating func noteOwner(_ pfn: UInt64) {
-        guard !ownerLeavesOverflowed else { return }
+        let leaf = pfn / UInt64(width.fpp)
+        guard !ownerLeavesOverflowed, leaf < ownerLeafBound else { return }
         if ownerLeaves.count >= Self.ownerLeafLimit { ownerLeavesOverflowed = true; return }
-        ownerLeaves.insert(pfn / UInt64(width.fpp))
+        ownerLeaves.insert(leaf)
     }
 
     /// Leaves the bitmap all zero, ready for the next scan.

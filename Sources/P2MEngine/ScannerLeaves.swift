@@ -40,6 +40,7 @@ extension P2MScanner {
         }
         let pass = a.pass
         pass?.begin(leafCount: nLeaves)
+        checker.ownerLeafBound = UInt64(nLeaves)
 
         /// A leaf frame that refused to map: its entries are unknown.
         func leafUnmappable(_ leaf: Int, _ m: UInt64, errno err: Int32) {
@@ -144,7 +145,7 @@ extension P2MScanner {
             if checker.ownerLeavesOverflowed {
                 pass.forgetAll()
             } else {
-                for l in checker.ownerLeaves where l < UInt64(nLeaves) { pass.forget(Int(l)) }
+                for l in checker.ownerLeaves { pass.forget(Int(l)) }
             }
         }
 

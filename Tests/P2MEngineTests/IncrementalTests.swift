@@ -118,6 +118,37 @@ struct IncrementalTests {
         }
     }
 
+    /// The owner's leaf before the impostor's (pfn 9000 takes pfn 100's frame) and after it
+    /// (pfn 100 takes pfn 9000's), at every phase of the period: m2p_mismatch at the next
+    /// scan, duplicate_mfn within DetectionLatency.duplicateAttribution, then every scan.
+    @Test("a frame newly named by pfns in two leaves: duplicate_mfn within its latency and stays, either order",
+          arguments: [(UInt64(9000), UInt64(100)), (100, 9000)])
+    func crossLeafDuplicate(impostor: UInt64, owner: UInt64) throws {
+        for phase in 0..<Self.period {
+            let h = try FaultTests.guest()
+            let s = Self.scanner(h)
+            for _ in 0..<(Self.period + phase) { _ = s.scan(7) }
+            // As FaultTests.duplicateBlamesTheImpostor: the impostor's entry takes the owner's
+            // frame in either order (the simulator's own fault needs the owner below).
+            h.lock.lock()
+            let d = h.domains[7]!
+            let own = h.entry(d, impostor)
+            h.store(d.leafFrames[Int(impostor / 512)], Int(impostor % 512), h.entry(d, owner), bytes: 8)
+            h.freeFrame(own)
+            h.lock.unlock()
+            var seen: Int?
+            for k in 1...(2 * Self.period) {
+                let r = s.scan(7)
+                if k == 1 { #expect(r.finding(.m2pMismatch)?.samples.first?.pfn == impostor, "phase \(phase): \(r.findings)") }
+                let dup = r.finding(.duplicateMfn) != nil
+                if dup, seen == nil { seen = k }
+                if let at = seen, at < k { #expect(dup, "phase \(phase): duplicate_mfn seen at scan \(at), gone at \(k)") }
+            }
+            let at = try #require(seen, "phase \(phase): duplicate_mfn never reported")
+            #expect(at <= DetectionLatency.duplicateAttribution, "phase \(phase): first at scan \(at)")
+        }
+    }
+
     @Test("a P2M entry rewritten to another guest frame is seen at the next scan, whichever leaf is due")
     func entryRewriteNextScan() throws {
         for phase in 0..<Self.period {
