@@ -112,12 +112,13 @@ ts_compare() {
     fails) [ "$rc" != 0 ] && msgs_match "$exp" "$got" && match=yes || match=no ;;
     *) [ "$rc" = 0 ] && match=yes || match=no ;;
   esac
+  local image=""
   if [ "$want" = copies_wrong_memory ] && [ -n "$TS_PFN" ] && [ "$rc" = 0 ]; then
     local nv nd
     nv=$(grep -a -o "XTB-PAGE victim pfn=$TS_PFN" "$save" | wc -l)
     nd=$(grep -a -o "XTB-PAGE donor pfn=$TS_DONOR" "$save" | wc -l)
     if [ "$nv" = 0 ] && [ "$nd" = 2 ]; then
-      TS_DETAIL+=", image: donor page twice, victim page nowhere"
+      image=", image: donor page twice, victim page nowhere"
       info "TS $n $name | saved image, content of pfn $TS_PFN | copied from the donor frame | the donor's page twice, the victim's own page nowhere | yes"
     else
       TS_WHY+=" image:victim-page-$nv-donor-page-$nd"
@@ -133,7 +134,7 @@ ts_compare() {
   if [ "$rc" = 0 ] && [ "$path" != "$real_path" ]; then TS_WHY+=" save-path:predicted-$path-real-$real_path"; fi
   info "TS $n $name | $op (path $path) | $want$( [ -s "$exp" ] && echo ": $(head -1 "$exp")") | $real, path $real_path | $match"
   [ "$want" = fails ] && [ "$match" = no ] && info "TS $n $name $op: expected lines: $(tr '\n' '|' < "$exp") real lines: $(tr '\n' '|' < "$got")"
-  TS_DETAIL="save $want/$real, dump_core $(prediction "$pre" dump_core .outcome)"
+  TS_DETAIL="save $want/$real, dump_core $(prediction "$pre" dump_core .outcome)$image"
   if [ "$rc" = 0 ]; then
     local rd conlog=$CONLOG/guest-$name.log seen
     seen=$(stat -c %s "$conlog" 2>/dev/null || echo 0)
