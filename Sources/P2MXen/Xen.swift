@@ -220,9 +220,8 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         let base = try call("map the M2P table up to MFN \(hex(maxMFN))") { () throws(ShimErrno) in
             try control.mapM2P(handle, entries: wanted)
         }
-        let m2p = MappedM2P(base: base, entries: UInt64(bytes / 8), mappedBytes: bytes)
-        return M2PMapping(entries: UnsafeBufferPointer(start: m2p.base, count: bytes / 8)) {
-            self.unmapM2P(m2p)
+        return M2PMapping(entries: UnsafeBufferPointer(start: base, count: bytes / 8)) {
+            self.unmapM2P(base, bytes: bytes)
         }
     }
 
@@ -279,11 +278,11 @@ public final class XenHost: P2MHost, @unchecked Sendable {
         }
     }
 
-    private func unmapM2P(_ m2p: MappedM2P) {
+    private func unmapM2P(_ base: UnsafePointer<UInt64>, bytes: Int) {
         do {
-            try control.unmapM2P(base: m2p.base, mappedBytes: m2p.mappedBytes)
+            try control.unmapM2P(base: base, mappedBytes: bytes)
         } catch {
-            logger.error("\(HostError.system(operation: "unmap the M2P table (\(m2p.mappedBytes) bytes)", errno: error.code))")
+            logger.error("\(HostError.system(operation: "unmap the M2P table (\(bytes) bytes)", errno: error.code))")
         }
     }
 

@@ -87,12 +87,6 @@ struct MappedFrames {
     var errors: [Int32]
 }
 
-struct MappedM2P {
-    var base: UnsafePointer<UInt64>
-    var entries: UInt64
-    var mappedBytes: Int
-}
-
 /// How libxenctrl's xc_map_m2p lays out the M2P mapping: whole chunks of 2 MiB (one L2
 /// page table's reach, M2P_SHIFT in xc_private.h) of 8-byte entries, so the mapping is the
 /// entries asked for rounded up to a chunk, and all of it is readable.
