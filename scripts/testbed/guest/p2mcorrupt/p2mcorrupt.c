@@ -12,10 +12,8 @@
  * Both pages are filled first, each with its own marker ("XTB-PAGE victim pfn=0x..",
  * "XTB-PAGE donor pfn=0x.."), so a saved image shows which content each pfn got: a save
  * that copies the victim pfn from the frame its entry names holds the donor's marker twice
- * and the victim's not at all. The victim is also watched through the kernel's mapping
- * made before the damage: every second it is compared with the donor and each change is
- * printed, "P2MPAGE pfn=0x.. holds=own|donor|other" (the markers themselves are never
- * printed, so the kernel's log buffer cannot add a copy to an image).
+ * and the victim's not at all. The markers are never printed, so the kernel's log buffer
+ * cannot add a copy to an image.
  *
  * With leaf=N it damages the P2M's own storage instead: the entry of the pfn whose page
  * holds leaf N of the linear list (entries N*512.. on x86-64) is set to INVALID, or with
@@ -34,8 +32,6 @@
 #include <linux/vmalloc.h>
 #include <xen/xen.h>
 #include <linux/kprobes.h>
-#include <linux/string.h>
-#include <linux/workqueue.h>
 #include <xen/interface/xen.h>
 #include <asm/xen/page.h>
 
@@ -62,34 +58,12 @@ static bool fll_none;
 module_param(fll_none, bool, 0444);
 MODULE_PARM_DESC(fll_none, "instead: publish fll = ~0 (the linear list only)");
 
-/* What the victim's own mapping shows; printed when it changes. */
-static const char *last_seen;
-static void watch_victim(struct work_struct *w);
-static DECLARE_DELAYED_WORK(watch, watch_victim);
-
 static void fill(struct page *p, const char *who, unsigned char byte)
 {
 	char *va = page_address(p);
 
 	memset(va, byte, PAGE_SIZE);
 	snprintf(va, 64, "XTB-PAGE %s pfn=0x%lx", who, page_to_pfn(p));
-}
-
-static void watch_victim(struct work_struct *w)
-{
-	const char *v = page_address(victim), *d = page_address(donor), *now;
-
-	if (!memcmp(v, d, PAGE_SIZE))
-		now = "donor";
-	else if (!strncmp(v, "XTB-PAGE victim ", 16))
-		now = "own";
-	else
-		now = "other";
-	if (now != last_seen) {
-		pr_emerg("P2MPAGE pfn=0x%lx holds=%s\n", page_to_pfn(victim), now);
-		last_seen = now;
-	}
-	schedule_delayed_work(&watch, HZ);
 }
 
 #define LEAF_ENTRIES (PAGE_SIZE / sizeof(unsigned long))
@@ -196,7 +170,6 @@ static int __init p2mcorrupt_init(void)
 	WRITE_ONCE(xen_p2m_addr[vpfn], new_mfn);
 	pr_emerg("P2MCORRUPT pfn=0x%lx mfn=0x%lx->0x%lx donor_pfn=0x%lx\n",
 		 vpfn, old_mfn, new_mfn, dpfn);
-	schedule_delayed_work(&watch, 0);
 	return 0;
 }
 module_init(p2mcorrupt_init);
