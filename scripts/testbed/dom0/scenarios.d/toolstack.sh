@@ -146,7 +146,7 @@ ts_compare() {
       TS_DETAIL+=", restore exit 0 (domid $rd, state ${st:-?})"
       # What the restored kernel said (its log continues the saved one's).
       sleep 3
-      info "TS $n $name restored console: $(tail -c +"$((seen + 1))" "$conlog" 2>/dev/null | tr -d '\r' | grep -a -E 'P2M|BUG|Oops|WARNING|panic|RIP:|[Ss]uspend|[Rr]esum|Freez|Restarting|OOM|segfault' | head -25 | cut -c1-160 | tr '\n' '|')"
+      info "TS $n $name restored console: $(tail -c +"$((seen + 1))" "$conlog" 2>/dev/null | tr -d '\r' | grep -a -E 'BUG|Oops|WARNING|panic|RIP:|[Ss]uspend|[Rr]esum|Freez|Restarting|OOM|segfault' | head -25 | cut -c1-160 | tr '\n' '|')"
       # A guest restored from a faithful image is still a healthy guest.
       if [ "$want" = works ]; then
         local after; after=$(report "$rd" | jq -r .severity)
