@@ -244,7 +244,8 @@ final class ToolstackModel {
                     pfns: Array(wrongPfns.prefix(sampleLimit)), pfnCount: wrongCount,
                     detail: "\(wrongCount) pfn(s) name a frame Xen's M2P gives to another pfn: libxenguest copies each from the frame its entry names, without an error. "
                         + "A page table that still maps such a pfn's own frame fails mfn_in_pseudophysmap (normalise_pagetable); the suspended, not paused, "
-                        + "domain makes that EAGAIN, so that page-table page is deferred and not restored: on the test bed (Xen 4.17 and 4.20) the restored kernel oopses while resuming"
+                        + "domain makes that EAGAIN, so that page-table page is deferred and not restored: on the test bed (Xen 4.17 and 4.20) the restored kernel oopses while resuming. "
+                        + "Where no page table maps that frame any more, the restored guest runs, with the other frame's content at that pfn"
                         + (droppedCount > 0 ? "; \(droppedCount) more pfn(s) are left out" : ""))
             }
             if droppedCount > 0 {

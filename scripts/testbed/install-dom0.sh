@@ -55,6 +55,7 @@ fi
 [ -x "$TOOLS/xenp2m-bench" ] && put 755 "$TOOLS/xenp2m-bench" /usr/local/bin/xenp2m-bench
 put 755 "$TB_DIR/dom0/scenarios.sh" $L/scenarios.sh
 put 644 "$TB_DIR/dom0/package.sh" $L/package.sh
+put 644 "$TB_DIR/dom0/toolstack-compare.sh" $L/toolstack-compare.sh
 for f in "$TB_DIR"/dom0/scenarios.d/*.sh; do [ -f "$f" ] && put 644 "$f" "$L/scenarios.d/$(basename "$f")"; done
 put 644 "$BOOT/vmlinux" $L/vmlinux
 put 644 "$BOOT/guest-initrd.cpio.gz" $L/guest-initrd.cpio.gz

@@ -125,6 +125,21 @@ s1() {
 
 MFNDUMP=$(command -v xen-mfndump || ls /usr/lib/xen-*/bin/xen-mfndump 2>/dev/null | head -1)
 
+# entries_diff MFNDUMP_OUTPUT DOMID LABEL: every entry of `xenp2mctl dump-p2m DOMID` (which
+# prints xen-mfndump's own "pfn=.. ==> mfn=.." lines, without the type column) against
+# xen-mfndump dump-p2m's, both reduced to "pfn mfn" pairs without leading zeros. Prints
+# "XENP2M_ENTRIES MFNDUMP_ENTRIES DIFFERING", or "ERR why".
+entries_diff() {
+  local dump=$1 d=$2 l=$WORK/$3
+  timeout -k 5 120 xenp2mctl dump-p2m "$d" > "$l.xenp2m" 2> "$l.xenp2m.err" ||
+    { echo "ERR xenp2mctl-dump-p2m-failed:$(head -c 200 "$l.xenp2m.err" | tr '\n' ' ')"; return; }
+  pairs() { awk '/==> mfn=/ { split($1, a, "="); split($3, b, "="); p = tolower(a[2]); m = tolower(b[2])
+                 sub(/^0x0*/, "", p); sub(/^0x0*/, "", m); print (p == "" ? 0 : p), (m == "" ? 0 : m) }' "$1" | sort; }
+  pairs "$dump" > "$l.mfndump.pairs"
+  pairs "$l.xenp2m" > "$l.xenp2m.pairs"
+  echo "$(wc -l < "$l.xenp2m.pairs") $(wc -l < "$l.mfndump.pairs") $(comm -3 "$l.mfndump.pairs" "$l.xenp2m.pairs" | wc -l)"
+}
+
 s2() {
   local d=${S1_DOMID:-} r=$WORK/s1.json dump=$WORK/s2.mfndump why="" nums
   [ -n "$d" ] && [ -s "$r" ] || { result 2 mfndump-peer FAIL "no scenario-1 guest/report to compare"; return; }
@@ -171,24 +186,17 @@ s2() {
   [ "$entries" = "$(jv "$r" .max_pfn.effective)" ] || why+=" size:mfndump=$entries/xenp2m_effective=$(jv "$r" .max_pfn.effective)"
   [ "$dup" = 0 ] || why+=" mfndump-duplicates=$dup"
   [ "$badc" = 0 ] || why+=" $st"
-  # Entry for entry: xenp2mctl dump-p2m prints xen-mfndump's own "pfn=.. ==> mfn=.." lines
-  # (without the type column); both are reduced to "pfn mfn" pairs. Without dump-p2m in
-  # the CLI, counts and per-cell classes are what can be compared.
+  # Entry for entry (entries_diff). Without dump-p2m in the CLI, counts and per-cell
+  # classes are what can be compared.
   local full="no 'xenp2mctl dump-p2m' in this build: compared counts, sizes and per-cell classes, not every entry"
   if [ $DAEMON = 1 ] && has_subcommand dump-p2m; then
-    if timeout -k 5 120 xenp2mctl dump-p2m "$d" > "$WORK/s2.xenp2m" 2> "$WORK/s2.xenp2m.err"; then
-      norm() { awk '{ p = tolower($1); m = tolower($2); sub(/^0x/, "", p); sub(/^0x/, "", m)
-                      sub(/^0+/, "", p); sub(/^0+/, "", m); print (p == "" ? 0 : p), (m == "" ? 0 : m) }' "$1" | sort; }
-      pairs() { awk '/==> mfn=/ { split($1, a, "="); split($3, b, "="); print a[2], b[2] }' "$1"; }
-      pairs "$dump" > "$WORK/s2.pairs"
-      pairs "$WORK/s2.xenp2m" > "$WORK/s2.xenp2m.pairs"
-      local ndiff
-      ndiff=$(comm -3 <(norm "$WORK/s2.pairs") <(norm "$WORK/s2.xenp2m.pairs") | wc -l)
-      full="entry for entry: $(wc -l < "$WORK/s2.xenp2m.pairs") xenp2m entries vs $entries xen-mfndump entries, $ndiff differing"
-      [ "$ndiff" = 0 ] || why+=" entries-differ=$ndiff"
-    else
-      why+=" xenp2mctl-dump-p2m-failed:$(head -c 200 "$WORK/s2.xenp2m.err" | tr '\n' ' ')"
-    fi
+    local ed nx nm ndiff; ed=$(entries_diff "$dump" "$d" s2)
+    case $ed in
+      ERR*) why+=" ${ed#ERR }" ;;
+      *) read -r nx nm ndiff <<< "$ed"
+         full="entry for entry: $nx xenp2m entries vs $nm xen-mfndump entries, $ndiff differing"
+         [ "$ndiff" = 0 ] || why+=" entries-differ=$ndiff" ;;
+    esac
   fi
   nums="mfndump_entries=$entries mfndump_valid=$valid xenp2m_populated=$(jv "$r" .populated) cells=$(jv "$r" '.pfn_map.cells | length / 2')x$ppc mfndump_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"
   if [ -z "$why" ]; then result 2 mfndump-peer PASS "$nums"; else result 2 mfndump-peer FAIL "$why | $nums"; fi
@@ -259,6 +267,13 @@ s3() {
     [[ $evs == *memory_changed* ]] || why+=" no-memory_changed-event($evs)"
   fi
   local nums="max_pfn published/effective/nr_gpfns: $(jv "$r0" '"\(.max_pfn.published)/\(.max_pfn.effective)/\(.max_pfn.nr_gpfns)"') -> $(jv "$r1" '"\(.max_pfn.published)/\(.max_pfn.effective)"') -> $(jv "$r2" '"\(.max_pfn.published)/\(.max_pfn.effective)/\(.max_pfn.nr_gpfns)"'); populated $(jv "$r0" .populated) -> $(jv "$r1" .populated) -> $(jv "$r2" .populated); generation $(jv "$r0" .generation.after) -> $(jv "$r1" .generation.after) -> $(jv "$r2" .generation.after); list leaves $(jv "$r0" .linear_list.leaf_frames) -> $(jv "$r2" .linear_list.leaf_frames); retries $(jv "$r2" .stats.retries); events: $evs"
+  # The toolstack comparison every guest gets (toolstack-compare.sh), on a smaller guest:
+  # a 1.8 GiB image does not fit dom0's disk.
+  if has_subcommand preflight; then
+    xl mem-set s3 256m; wait_tot s3 256 || why+=" mem-set-256m-did-not-settle"
+    TS_PFN="" TS_DONOR="" ts_compare 3 s3 "$d" "save=works migrate=works|aborts_if_changing dump_core=works"
+    why+=${TS_WHY:+ toolstack:$TS_WHY} nums+="; at 256 MiB: $TS_DETAIL"
+  fi
   if [ -z "$why" ]; then result 3 balloon PASS "$nums"; else result 3 balloon FAIL "$why | $nums"; fi
   destroy_guest s3
 }
@@ -303,6 +318,11 @@ s4() {
     why+=" guest-not-beyond-tree(max_pfn=$mp)"
   fi
   local nums="memory=${mem}MiB maxmem=${maxmem}MiB max_pfn=$mp ($(awk -v p="$mp" 'BEGIN{printf "%.1f", p*4096/2^30}') GiB) effective=$(jv "$r" .max_pfn.effective) nr_gpfns=$(jv "$r" .max_pfn.nr_gpfns) max_pages=$(jv "$r" .max_pages) tree_published=$fll_pub list_levels=$(jv "$r" .linear_list.levels) populated=$(jv "$r" .populated) tot_pages=$(jv "$r" .tot_pages) findings=[${kinds}] verdict=$verdict reason=\"$reason\" create_s=$(secs "$t0" "$t1") scan_s=$(secs "$t1" "$t2")"
+  # The toolstack comparison, within what this machine holds: no core, 90 s of the save.
+  if has_subcommand preflight; then
+    TS_PFN="" TS_DONOR="" TS_SAVE_SECONDS=90 ts_compare 4 s4 "$d" "save=works tree_only_toolstack=fails"
+    why+=${TS_WHY:+ toolstack:$TS_WHY} nums+="; $TS_DETAIL"
+  fi
   if [ -z "$why" ]; then result 4 beyond-tree PASS "$nums"; else result 4 beyond-tree FAIL "$why | $nums"; fi
   destroy_guest s4
 }
@@ -358,13 +378,18 @@ s5() {
 
 s6() {
   [ $DAEMON = 1 ] || { result 6 destroy-during-scan SKIP "xenp2md is not running as a service in this build"; return; }
-  local pid0 seq0 why="" i d ids=""
+  local pid0 seq0 why="" i d ids="" ts_detail=""
   : > "$WORK/s6.scans"
   pid0=$(systemctl show -p MainPID --value xenp2md)
   seq0=$(events | tail -1 | jq -r .seq); seq0=${seq0:-0}
   for i in 1 2 3; do
     d=$(create_guest s6 128 128) || { why+=" guest-$i-did-not-boot"; continue; }
     ids+=" $d"
+    # The toolstack comparison every guest gets; the guest stays for the destroy.
+    if has_subcommand preflight; then
+      TS_PFN="" TS_DONOR="" TS_KEEP=1 ts_compare 6 s6 "$d" "save=works migrate=works|aborts_if_changing dump_core=works"
+      why+=${TS_WHY:+ guest-$i-toolstack:$TS_WHY} ts_detail+=" [guest $i: $TS_DETAIL]"
+    fi
     # Back-to-back manual scans on top of the 2 s polls; one letter per answered request.
     ( while :; do if xenp2mctl scan "$d" --json > /dev/null 2>&1; then printf o; else printf e; fi >> "$WORK/s6.scans"; done ) &
     local sp=$!
@@ -408,7 +433,7 @@ s6() {
   fi
   local errl; errl=$(journalctl -u xenp2md --no-pager -q 2>/dev/null | grep -i 'error' | tail -3 | tr '\n' '|')
   [ -n "$errl" ] && info "s6 xenp2md journal error lines: $errl"
-  local nums="destroyed domids:$ids while scanning ($(tr -cd o < "$WORK/s6.scans" | wc -c) manual scans answered, $(tr -cd e < "$WORK/s6.scans" | wc -c) refused once the domain was gone); domain_gone events $gone; daemon pid $pid1, NRestarts ${nr:-?}, $(journalctl -u xenp2md --no-pager -q 2>/dev/null | grep -ci 'error') error lines in its journal"
+  local nums="destroyed domids:$ids while scanning ($(tr -cd o < "$WORK/s6.scans" | wc -c) manual scans answered, $(tr -cd e < "$WORK/s6.scans" | wc -c) refused once the domain was gone); domain_gone events $gone; daemon pid $pid1, NRestarts ${nr:-?}, $(journalctl -u xenp2md --no-pager -q 2>/dev/null | grep -ci 'error') error lines in its journal; toolstack:$ts_detail"
   if [ -z "$why" ]; then result 6 destroy-during-scan PASS "$nums"; else result 6 destroy-during-scan FAIL "$why | $nums"; fi
 }
 
@@ -456,12 +481,8 @@ corrupt_one() {
   if [ $DAEMON = 1 ]; then
     xenp2mctl check "$d" > /dev/null 2>&1 && why+=" xenp2mctl-check-exit-0"
   fi
-  # xl save: what the toolstack does with this guest, recorded next to the verdict.
-  local save_rc save_out
-  timeout -k 5 180 xl save -c "$name" "/var/tmp/$name.save" > "$WORK/$name.save.log" 2>&1; save_rc=$?
-  save_out=$(grep -v '^ *$' "$WORK/$name.save.log" | tail -2 | tr '\n' ' ' | cut -c1-160)
-  rm -f "/var/tmp/$name.save"
-  local detail="[$order: pfn $((pfn)) mfn $oldm->$newm (donor pfn $((donor))); xenp2m $sev after $(secs "$t0" "$t1") s, m2p_mismatch@[$mm_pfns] duplicate_mfn@[$dup_pfns] migration=$(jv "$r" .migration.verdict); xl save -c rc=$save_rc${save_out:+ ($save_out)}]"
+  # What the toolstack does with this guest: ts_compare (scenario 7 for s7b, 25 for s7).
+  local detail="[$order: pfn $((pfn)) mfn $oldm->$newm (donor pfn $((donor))); xenp2m $sev after $(secs "$t0" "$t1") s, m2p_mismatch@[$mm_pfns] duplicate_mfn@[$dup_pfns] migration=$(jv "$r" .migration.verdict)]"
   if [ -z "$why" ]; then echo "OK $detail"; else echo "BAD$why $detail"; fi
   echo "$d" > "$WORK/$name.domid"
 }
@@ -471,11 +492,23 @@ s7() {
   a=$(corrupt_one s7 low)
   b=$(corrupt_one s7b high)
   S7_DOMID=$(cat "$WORK/s7.domid" 2>/dev/null)
+  # The toolstack comparison for s7b, which nothing later needs (s7's guest is compared by
+  # scenario 25, after the scenarios that use it).
+  local d7b ts="" line
+  d7b=$(xl domid s7b 2>/dev/null)
+  if [ -n "$d7b" ] && has_subcommand preflight; then
+    line=$(grep -a -m1 'P2MCORRUPT pfn=' "$CONLOG/guest-s7b.log" | tr -d '\r')
+    TS_PFN=$(echo "$line" | sed -n 's/.*P2MCORRUPT pfn=\(0x[0-9a-f]*\) .*/\1/p')
+    TS_DONOR=$(echo "$line" | sed -n 's/.*donor_pfn=\(0x[0-9a-f]*\).*/\1/p')
+    ts_compare 7 s7b "$d7b" "save=copies_wrong_memory migrate=copies_wrong_memory"
+    ts=" [s7b toolstack: $TS_DETAIL]"
+    [ -z "$TS_WHY" ] || b="BAD toolstack:$TS_WHY ${b#OK }"
+  fi
   destroy_guest s7b
   if [[ $a == OK* && $b == OK* ]]; then
-    result 7 corruption PASS "${a#OK } ${b#OK }"
+    result 7 corruption PASS "${a#OK } ${b#OK }$ts"
   else
-    result 7 corruption FAIL "${a} ${b}"
+    result 7 corruption FAIL "${a} ${b}$ts"
   fi
 }
 
@@ -533,6 +566,7 @@ declare -A SC_NAME=() SC_FUNC=()
 scenario() { ORDER+=("$1"); SC_NAME[$1]=$2; SC_FUNC[$1]=$3; }
 
 . "$LIB/package.sh"
+. "$LIB/toolstack-compare.sh"
 scenario 9 package-install s9
 scenario 1 small-pv s1
 scenario 2 mfndump-peer s2

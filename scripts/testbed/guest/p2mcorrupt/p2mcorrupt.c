@@ -22,6 +22,17 @@
  * that frame, which libxenguest's save path refuses ("Bad mfn in p2m_frame_list[N]").
  * Result line: "P2MLEAF leaf=N pfn=0x.. mfn=0x..->0x..".
  *
+ * With unmap_victim=1 (one-entry mode only) the kernel's own mapping of the victim page is
+ * cleared as well, after the fill: then no page table of the guest names the victim's
+ * original frame, which the damaged entry has orphaned. A save normalises every page-table
+ * entry through the P2M; an entry naming an orphaned frame cannot be normalised, and a
+ * non-live save then leaves that page table out of the image, so the restored kernel
+ * faults in the 2 MiB the table maps (seen on 4.17 and 4.20). Without such an entry the
+ * restored guest runs, and a kernel thread shows what the restore put at the victim pfn:
+ * once the P2M names two different frames for victim and donor (the restore gave each pfn
+ * a frame of its own), it maps the victim's new frame and prints its marker:
+ * "P2MRESTORED pfn=0x.. mfn=0x.. holds \"XTB-PAGE donor pfn=0x..\"".
+ *
  * With fll_none=1 it touches no P2M entry: shared_info's frame-list-list becomes ~0, what
  * Linux publishes when the tools ask for the virtual list only (SIF_VIRT_P2M_4TOOLS), so
  * only the linear list describes the P2M. Result line: "P2MFLL fll=0x..->0x..".
@@ -33,7 +44,10 @@
 #include <xen/xen.h>
 #include <linux/kprobes.h>
 #include <xen/interface/xen.h>
+#include <linux/kthread.h>
+#include <linux/delay.h>
 #include <asm/xen/page.h>
+#include <asm/xen/hypercall.h>
 
 static struct page *victim, *donor;
 
@@ -53,6 +67,10 @@ MODULE_PARM_DESC(leaf, "instead: take the frame holding P2M leaf N out of the ps
 static bool leaf_other;
 module_param(leaf_other, bool, 0444);
 MODULE_PARM_DESC(leaf_other, "with leaf: point that pfn's entry at another frame of this guest (default: INVALID)");
+
+static bool unmap_victim;
+module_param(unmap_victim, bool, 0444);
+MODULE_PARM_DESC(unmap_victim, "with the one-entry corruption: also clear the kernel's mapping of the victim page, and report its content after a restore");
 
 static bool fll_none;
 module_param(fll_none, bool, 0444);
@@ -136,6 +154,37 @@ static int __init publish_no_fll(void)
 	return 0;
 }
 
+/*
+ * Runs in the original guest and, after a save and restore, in the restored one. The
+ * original's P2M names the donor's frame for both pfns; a restore allocates a frame per
+ * pfn and rewrites the P2M, so two different entries mean "restored". The victim's
+ * mapping was cleared, so it is made anew on the frame the restored P2M names.
+ */
+static int restore_watch(void *unused)
+{
+	unsigned long vpfn = page_to_pfn(victim), dpfn = page_to_pfn(donor), mfn;
+	char *va = page_address(victim), seen[64];
+	int rc;
+
+	while (!kthread_should_stop()) {
+		msleep(1000);
+		mfn = READ_ONCE(xen_p2m_addr[vpfn]);
+		if (mfn == READ_ONCE(xen_p2m_addr[dpfn]))
+			continue;
+		rc = HYPERVISOR_update_va_mapping((unsigned long)va, mfn_pte(mfn, PAGE_KERNEL), UVMF_INVLPG);
+		if (rc) {
+			pr_emerg("P2MRESTORED-FAIL pfn=0x%lx mfn=0x%lx: remap rc %d\n", vpfn, mfn, rc);
+			return 0;
+		}
+		memcpy(seen, va, sizeof(seen) - 1);
+		seen[sizeof(seen) - 1] = 0;
+		/* Printed once; the marker text cut at its end, never the rest of the page. */
+		pr_emerg("P2MRESTORED pfn=0x%lx mfn=0x%lx holds \"%.40s\"\n", vpfn, mfn, seen);
+		return 0;
+	}
+	return 0;
+}
+
 static int __init p2mcorrupt_init(void)
 {
 	unsigned long vpfn, dpfn, old_mfn, new_mfn;
@@ -167,9 +216,19 @@ static int __init p2mcorrupt_init(void)
 	old_mfn = READ_ONCE(xen_p2m_addr[vpfn]);
 	new_mfn = READ_ONCE(xen_p2m_addr[dpfn]);
 	/* The list is the storage the tree's leaves share, so one store changes both. */
+	if (unmap_victim) {
+		int rc = HYPERVISOR_update_va_mapping((unsigned long)page_address(victim), __pte(0), UVMF_INVLPG);
+
+		if (rc) {
+			pr_err("P2MCORRUPT-FAIL unmapping the victim page: rc %d\n", rc);
+			return -EIO;
+		}
+	}
 	WRITE_ONCE(xen_p2m_addr[vpfn], new_mfn);
-	pr_emerg("P2MCORRUPT pfn=0x%lx mfn=0x%lx->0x%lx donor_pfn=0x%lx\n",
-		 vpfn, old_mfn, new_mfn, dpfn);
+	pr_emerg("P2MCORRUPT pfn=0x%lx mfn=0x%lx->0x%lx donor_pfn=0x%lx%s\n",
+		 vpfn, old_mfn, new_mfn, dpfn, unmap_victim ? " unmapped" : "");
+	if (unmap_victim)
+		kthread_run(restore_watch, NULL, "p2mrestorewatch");
 	return 0;
 }
 module_init(p2mcorrupt_init);
