@@ -128,9 +128,11 @@ MFNDUMP=$(command -v xen-mfndump || ls /usr/lib/xen-*/bin/xen-mfndump 2>/dev/nul
 # entries_diff MFNDUMP_OUTPUT DOMID LABEL: every entry of `xenp2mctl dump-p2m DOMID` (which
 # prints xen-mfndump's own "pfn=.. ==> mfn=.." lines, without the type column) against
 # xen-mfndump dump-p2m's, both reduced to "pfn mfn" pairs without leading zeros. Prints
-# "XENP2M_ENTRIES MFNDUMP_ENTRIES DIFFERING", or "ERR why".
+# "XENP2M_ENTRIES MFNDUMP_ENTRIES DIFFERING", or "ERR why". Its files go beside
+# MFNDUMP_OUTPUT, named after LABEL: a ballooned guest's dumps (1.4 M entries on Linux 6.12)
+# outgrow dom0's /run.
 entries_diff() {
-  local dump=$1 d=$2 l=$WORK/$3
+  local dump=$1 d=$2 l; l=$(dirname "$1")/$3
   timeout -k 5 120 xenp2mctl dump-p2m "$d" > "$l.xenp2m" 2> "$l.xenp2m.err" ||
     { echo "ERR xenp2mctl-dump-p2m-failed:$(head -c 200 "$l.xenp2m.err" | tr '\n' ' ')"; return; }
   pairs() { awk '/==> mfn=/ { split($1, a, "="); split($3, b, "="); p = tolower(a[2]); m = tolower(b[2])

@@ -58,14 +58,18 @@ ts_compare() {
 }
 
 # ts_entries NUM NAME DOMID: scenario 2's entry-for-entry comparison, on this guest.
+# The dumps go to disk, not dom0's small /run, and are removed once counted.
 ts_entries() {
-  local n=$1 name=$2 d=$3 ed nx nm ndiff
-  if ! timeout -k 5 120 "$MFNDUMP" dump-p2m "$d" > "$WORK/$name.mfndump" 2> "$WORK/$name.mfndump.err"; then
+  local n=$1 name=$2 d=$3 ed nx nm ndiff dir=/var/tmp/xenp2m-entries
+  mkdir -p "$dir"
+  if ! timeout -k 5 120 "$MFNDUMP" dump-p2m "$d" > "$dir/$name.mfndump" 2> "$WORK/$name.mfndump.err"; then
     TS_WHY+=" xen-mfndump-failed:$(tail -1 "$WORK/$name.mfndump.err" | cut -c1-120)"
     info "TS $n $name | xenp2mctl dump-p2m vs xen-mfndump dump-p2m | every entry equal | xen-mfndump failed: $(tail -1 "$WORK/$name.mfndump.err" | cut -c1-120) | no"
+    rm -rf "$dir"
     return
   fi
-  ed=$(entries_diff "$WORK/$name.mfndump" "$d" "$name")
+  ed=$(entries_diff "$dir/$name.mfndump" "$d" "$name")
+  rm -rf "$dir"
   case $ed in
     ERR*) TS_WHY+=" ${ed#ERR }"; info "TS $n $name | xenp2mctl dump-p2m vs xen-mfndump dump-p2m | every entry equal | ${ed#ERR } | no"; return ;;
   esac
