@@ -5,6 +5,7 @@
 # limit and a 5 s request-head deadline, and runs scripts/abuse.py against it. Only the
 # local Unix socket is a target. XENP2M_SCRATCH_PATH=DIR builds into DIR instead of .build.
 # Last line: `abuse cases: N, daemon survived: yes|no`; exit status non-zero on any failure.
+# XENP2M_ABUSE_ONLY=REGEX runs only the cases whose name matches (the others print SKIP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH=/opt/swift/usr/bin:$PATH

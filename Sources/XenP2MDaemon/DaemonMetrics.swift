@@ -40,6 +40,10 @@ final class DaemonMetrics: @unchecked Sendable {
     let configReloadFailures: Prometheus.Counter
     let listingFailures: Prometheus.Gauge
     let incidentLogUnpersisted: Prometheus.Gauge
+    /// Connections answered 503 because `http.max_connections` were open.
+    let connectionsRefused: Prometheus.Counter
+    /// Event-stream requests answered 503 because `http.max_event_streams` were following.
+    let eventStreamsRefused: Prometheus.Counter
 
     static let pollCycleBuckets: [Duration] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60].map { .milliseconds($0 * 1000) }
 
@@ -58,6 +62,10 @@ final class DaemonMetrics: @unchecked Sendable {
         configReloadFailures = g.makeCounter(descriptor: describe("xenp2m_config_reload_failures_total", "Refused config reloads; the old config stayed in force"))
         listingFailures = g.makeGauge(descriptor: describe("xenp2m_domain_listing_failures", "Polls in a row whose domain listing failed (0: listing works); domain series are frozen meanwhile"))
         incidentLogUnpersisted = g.makeGauge(descriptor: describe("xenp2m_incident_log_unpersisted_events", "Incidents held in memory because appending them to the incident log failed"))
+        let refused = describe("xenp2m_http_connections_refused_total",
+                               "Connections and event-stream requests answered 503 because the limit named by `limit` was reached")
+        connectionsRefused = g.makeCounter(descriptor: refused, labels: [("limit", "max_connections")])
+        eventStreamsRefused = g.makeCounter(descriptor: refused, labels: [("limit", "max_event_streams")])
     }
 
     func text() -> String { registry.emitToString() }

@@ -356,6 +356,55 @@ import Glibc
         #expect((try d.client.request("GET", "/v1/health").status) == 200)
     }
 
+    /// `http.max_connections` open connections: the next one is answered 503 with
+    /// Retry-After and closed; a following event stream leaves the request count for the
+    /// stream count, and one stream over `http.max_event_streams` is refused the same way.
+    @Test func testConnectionAndEventStreamLimits() throws {
+        let dir = try makeTempDir()
+        try "http:\n  max_connections: 2\n  max_event_streams: 1\n".write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
+        let d = try DaemonUnderTest(dir: dir, extraArgs: ["--config", dir + "/c.yaml"])
+        try d.waitReady()
+        // Released slots are counted when the daemon sees the close: wait for health to pass.
+        func healthAnswered() -> Bool { (try? d.client.request("GET", "/v1/health"))?.status == 200 }
+        #expect(d.eventually(10) { healthAnswered() })
+
+        let idle = try (0..<2).map { _ in try d.client.connect() }
+        #expect(d.eventually(5) { (try? d.client.request("GET", "/v1/health"))?.status == 503 }, "a third connection was served")
+        let refused = parseRaw(try rawExchange(d.socket, Array("GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n".utf8)))
+        #expect(refused.status == 503, "\(refused.headers)")
+        #expect(refused.headers.lowercased().contains("retry-after: 1"), "\(refused.headers)")
+        #expect(refused.headers.lowercased().contains("connection: close"), "\(refused.headers)")
+        #expect(refused.body.contains("\"code\":\"too_many_connections\""), "\(refused.body)")
+        #expect(refused.body.contains("http.max_connections"), "\(refused.body)")
+        close(idle[0])
+        #expect(d.eventually(10) { healthAnswered() }, "a closed connection's slot was not given back")
+
+        // One idle connection and one stream: the stream does not count against
+        // max_connections, so requests are still served beside them.
+        let stream = try d.client.connect()
+        defer { close(stream) }
+        try writeAll(stream, Array("GET /v1/events?since=0 HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        var first = [UInt8](repeating: 0, count: 4096)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(stream, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        #expect(recv(stream, &first, first.count, 0) > 0, "the stream sent nothing")
+        #expect(String(decoding: first, as: UTF8.self).hasPrefix("HTTP/1.1 200"))
+        #expect(d.eventually(10) { healthAnswered() }, "a following stream still held a request slot")
+        let second = parseRaw(try rawExchange(d.socket, Array("GET /v1/events?since=0 HTTP/1.1\r\nHost: x\r\n\r\n".utf8)))
+        #expect(second.status == 503, "\(second.headers)")
+        #expect(second.headers.lowercased().contains("retry-after: 1"), "\(second.headers)")
+        #expect(second.body.contains("\"code\":\"too_many_event_streams\""), "\(second.body)")
+        // A stream read to its end (follow=0) is an ordinary request, not a stream.
+        #expect((try d.client.request("GET", "/v1/events?since=0&follow=0").status) == 200)
+        close(idle[1])
+
+        let metrics = String(decoding: try d.client.request("GET", "/metrics").body, as: UTF8.self)
+        for limit in ["max_connections", "max_event_streams"] {
+            let line = metrics.split(separator: "\n").first { $0.hasPrefix("xenp2m_http_connections_refused_total{limit=\"\(limit)\"}") }
+            #expect((line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0) >= 1, "\(limit): \(String(describing: line))")
+        }
+    }
+
     /// Routing splits the still-encoded path: `%2F` is data, not a separator.
     @Test func testEncodedSlashIsNotAPathSeparator() throws {
         let d = try DaemonUnderTest()

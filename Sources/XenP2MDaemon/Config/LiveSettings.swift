@@ -58,6 +58,7 @@ final class LiveSettings: @unchecked Sendable {
     var limits: HTTPLimits {
         let c = config
         return HTTPLimits(maxBodyBytes: c.maxRequestBodyBytes, maxHeaders: c.maxHeaderCount, idleTimeout: c.idleTimeoutSeconds,
-                          requestHeadTimeout: c.requestHeadTimeoutSeconds)
+                          requestHeadTimeout: c.requestHeadTimeoutSeconds, maxConnections: c.maxConnections,
+                          maxEventStreams: c.maxEventStreams)
     }
 }

@@ -12,8 +12,8 @@ enum APIConnection {
 
     /// Serves one connection: requests in order, until the peer closes, asks to close,
     /// idles out or sends something that is not HTTP.
-    static func serve(_ conn: HTTPConnection, peer: PeerCredentials?, api: API, limits: HTTPLimits, metricsOnly: Bool,
-                      logger: Logger) async {
+    static func serve(_ conn: HTTPConnection, peer: PeerCredentials?, slot: ConnectionSlot, api: API, limits: HTTPLimits,
+                      metricsOnly: Bool, logger: Logger) async {
         do {
             try await conn.executeThenClose { inbound, outbound in
                 /// Writes one complete answer and returns once it reached the kernel. Through
@@ -78,6 +78,17 @@ enum APIConnection {
                             try await send(Self.parts(response, version: h.version, keepAlive: keepAlive))
                             if !keepAlive { return }
                         case .stream(let backlog, let live):
+                            // A following stream holds a stream slot instead of its request
+                            // slot; over the stream limit it is refused like a connection.
+                            if live != nil && !slot.becomeStream(max: limits.maxEventStreams) {
+                                api.metrics.eventStreamsRefused.increment()
+                                let refusal = APIResponse.error(
+                                    .serviceUnavailable, "too_many_event_streams",
+                                    "\(limits.maxEventStreams) event streams are open (http.max_event_streams); retry in \(RefusalHandler.retryAfterSeconds) s",
+                                    extra: [("Retry-After", "\(RefusalHandler.retryAfterSeconds)")])
+                                try await send(Self.parts(refusal, version: h.version, keepAlive: false))
+                                return
+                            }
                             // A watch connection sends nothing more: the idle limit and the head
                             // deadline are for requests, not for a client waiting on events.
                             for name in ["idle", "head-deadline-start", "head-deadline-end"] {

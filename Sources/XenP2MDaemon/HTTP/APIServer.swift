@@ -31,12 +31,29 @@ struct APIServer: Sendable {
         BoundAPIServer(server: self, channel: try await bindChannel())
     }
 
-    private func bindChannel() async throws -> NIOAsyncChannel<(HTTPConnection, PeerCredentials?), Never> {
+    private func bindChannel() async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
         let limits = self.limits
+        let limiter = ConnectionLimiter()
+        let metrics = api.metrics
+        let backlog = ListenBacklog.current()
         let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 128)
+            .serverChannelOption(.backlog, value: backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-        let initializer: @Sendable (Channel) -> EventLoopFuture<(HTTPConnection, PeerCredentials?)> = { channel in
+            // Accepts per wakeup (NIO's default is 4): a burst leaves the kernel's queue
+            // sooner, measured 0.74 s instead of 0.89 s for 3 x 1000 (scripts/abuse.py).
+            .serverChannelOption(.maxMessagesPerRead, value: 64)
+        let initializer: @Sendable (Channel) -> EventLoopFuture<AcceptedConnection> = { channel in
+            let l = limits()
+            guard let slot = limiter.admit(max: l.maxConnections) else {
+                metrics.connectionsRefused.increment()
+                return channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(HTTPResponseEncoder())
+                    try sync.addHandler(RefusalHandler(maxConnections: l.maxConnections))
+                    return .refused
+                }
+            }
+            channel.closeFuture.whenComplete { _ in slot.release() }
             let creds: EventLoopFuture<PeerCredentials?>
             if let provider = channel as? SocketOptionProvider, case .unixDomainSocket = channel.localAddress {
                 creds = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
@@ -46,7 +63,6 @@ struct APIServer: Sendable {
                 creds = channel.eventLoop.makeSucceededFuture(nil)
             }
             return creds.flatMapThrowing { cred in
-                let l = limits()
                 let sync = channel.pipeline.syncOperations
                 try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
                 try sync.addHandler(JSONProtocolErrorHandler())
@@ -62,7 +78,7 @@ struct APIServer: Sendable {
                 try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(l.idleTimeout * 1000))),
                                     name: "idle", position: .first)
                 let conn = try HTTPConnection(wrappingChannelSynchronously: channel)
-                return (conn, cred)
+                return .admitted(conn, cred, slot)
             }
         }
         switch listener {
@@ -77,17 +93,32 @@ struct APIServer: Sendable {
             }
             return ch
         case .activated(let fd):
-            return try await bootstrap.bind(fd, childChannelInitializer: initializer)
+            let ch = try await bootstrap.bind(fd, childChannelInitializer: initializer)
+            // NIO listens again on a socket it is handed, with its own default backlog
+            // (128), before any channel option applies: that would undo the unit's
+            // Backlog=. Listening once more sets the queue to the kernel's limit.
+            if listen(fd, backlog) != 0 {
+                logger.warning("cannot set the listen backlog", metadata: ["backlog": "\(backlog)", "errno": "\(errno)"])
+            }
+            return ch
         case .tcp(let host, let port):
             return try await bootstrap.bind(host: host, port: port, childChannelInitializer: initializer)
         }
     }
 }
 
+/// What the listener yields per accepted connection.
+enum AcceptedConnection: Sendable {
+    /// Within `http.max_connections`: served; the slot is released when it closes.
+    case admitted(HTTPConnection, PeerCredentials?, ConnectionSlot)
+    /// Over the limit: its own pipeline answers 503 and closes it.
+    case refused
+}
+
 /// A listening socket of the API, serving each connection as its own task.
 struct BoundAPIServer: Service {
     let server: APIServer
-    let channel: NIOAsyncChannel<(HTTPConnection, PeerCredentials?), Never>
+    let channel: NIOAsyncChannel<AcceptedConnection, Never>
 
     func run() async throws {
         let channel = self.channel
@@ -98,10 +129,11 @@ struct BoundAPIServer: Service {
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 try await channel.executeThenClose { inbound in
-                    for try await (conn, cred) in inbound {
+                    for try await accepted in inbound {
+                        guard case .admitted(let conn, let cred, let slot) = accepted else { continue }
                         group.addTask {
-                            await APIConnection.serve(conn, peer: cred, api: api, limits: limits(), metricsOnly: metricsOnly,
-                                                      logger: logger)
+                            await APIConnection.serve(conn, peer: cred, slot: slot, api: api, limits: limits(),
+                                                      metricsOnly: metricsOnly, logger: logger)
                         }
                     }
                 }

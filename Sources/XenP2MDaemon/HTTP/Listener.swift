@@ -30,6 +30,11 @@ struct HTTPLimits: Sendable {
     var idleTimeout: Double
     /// Seconds from a request's first byte until its head must be complete.
     var requestHeadTimeout: Double
+    /// Open connections of one listener (event streams not counted) beyond which a new
+    /// one is answered 503 and closed.
+    var maxConnections: Int
+    /// Event streams following at once (`GET /v1/events` without `follow=0`).
+    var maxEventStreams: Int
 }
 
 typealias HTTPConnection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
