@@ -2,7 +2,7 @@
 # Client abuse suite and host/process faults against the real xenp2md (issue 7).
 # Builds xenp2md and xenp2mctl if needed, starts the daemon on the simulated demo fleet
 # with a world-accessible socket (so an unprivileged peer can be tried), a 3 s idle
-# limit and a 5 s request-head deadline, and runs scripts/abuse.py against it. Only the
+# limit, a 5 s request-head deadline and a 2 s body deadline, and runs scripts/abuse.py against it. Only the
 # local Unix socket is a target. XENP2M_SCRATCH_PATH=DIR builds into DIR instead of .build.
 # Last line: `abuse cases: N, daemon survived: yes|no`; exit status non-zero on any failure.
 # XENP2M_ABUSE_ONLY=REGEX runs only the cases whose name matches (the others print SKIP).
@@ -34,6 +34,7 @@ socket:
 http:
   idle_timeout_seconds: 3
   request_head_timeout_seconds: 5
+  request_body_timeout_seconds: 2
 poll:
   interval_seconds: 1
   jitter_seconds: 0
@@ -48,7 +49,7 @@ for _ in $(seq 100); do
 done
 status=0
 python3 scripts/abuse.py --socket "$sock" --pid "$daemon" --config "$work/xenp2md.yaml" --log "$work/xenp2md.log" \
-    --bin "$bin" --work "$work" --idle 3 --head-timeout 5 >"$work/out" 2>&1 || status=$?
+    --bin "$bin" --work "$work" --idle 3 --head-timeout 5 --body-timeout 2 >"$work/out" 2>&1 || status=$?
 rc=0
 wait "$daemon" || rc=$?
 daemon=

@@ -62,6 +62,9 @@ public struct DaemonConfig: Sendable, Equatable {
     /// A request head (request line and headers) must be complete this long after its
     /// first byte arrived, or the connection is closed (slow-loris clients).
     public var requestHeadTimeoutSeconds: Double = 10
+    /// A request body must be complete this long after its head, or the answer is 408
+    /// (a client trickling a body keeps resetting the idle limit).
+    public var requestBodyTimeoutSeconds: Double = 10
     /// Open connections per listener, event streams not counted; one more is answered
     /// 503 with Retry-After and closed.
     public var maxConnections: Int = 256
@@ -159,7 +162,7 @@ public struct DaemonConfig: Sendable, Equatable {
         }
         if let h = try y.map("http") {
             try h.allowOnly(["max_body_bytes", "max_headers", "idle_timeout_seconds", "request_head_timeout_seconds",
-                             "max_connections", "max_event_streams"])
+                             "request_body_timeout_seconds", "max_connections", "max_event_streams"])
             if let v = try h.uint("max_body_bytes", max: 1 << 20) { c.maxRequestBodyBytes = Int(v) }
             if let v = try h.uint("max_headers", max: 1000) {
                 guard v >= 4 else { throw h.error("max_headers", "must be at least 4") }
@@ -172,6 +175,10 @@ public struct DaemonConfig: Sendable, Equatable {
             if let v = try h.double("request_head_timeout_seconds") {
                 guard v >= 0.1 else { throw h.error("request_head_timeout_seconds", "must be at least 0.1") }
                 c.requestHeadTimeoutSeconds = v
+            }
+            if let v = try h.double("request_body_timeout_seconds") {
+                guard v >= 0.1 else { throw h.error("request_body_timeout_seconds", "must be at least 0.1") }
+                c.requestBodyTimeoutSeconds = v
             }
             if let v = try h.uint("max_connections", max: 100_000) {
                 guard v >= 1 else { throw h.error("max_connections", "must be at least 1") }

@@ -58,7 +58,8 @@ final class LiveSettings: @unchecked Sendable {
     var limits: HTTPLimits {
         let c = config
         return HTTPLimits(maxBodyBytes: c.maxRequestBodyBytes, maxHeaders: c.maxHeaderCount, idleTimeout: c.idleTimeoutSeconds,
-                          requestHeadTimeout: c.requestHeadTimeoutSeconds, maxConnections: c.maxConnections,
+                          requestHeadTimeout: c.requestHeadTimeoutSeconds,
+                          requestBodyTimeout: c.requestBodyTimeoutSeconds, maxConnections: c.maxConnections,
                           maxEventStreams: c.maxEventStreams)
     }
 }

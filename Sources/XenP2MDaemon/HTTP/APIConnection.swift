@@ -31,6 +31,15 @@ enum APIConnection {
                     for p in parts.dropLast() { channel.write(NIOAny(p), promise: nil) }
                     try await channel.writeAndFlush(NIOAny(last)).get()
                 }
+                /// An error answer that ends the connection while the client may still be
+                /// sending: lingering close (see LingeringCloseHandler), then done. A stopping
+                /// daemon closes at once.
+                func refuse(_ response: APIResponse, version: HTTPVersion) async throws {
+                    try await send(Self.parts(response, version: version, keepAlive: false))
+                    guard !Task.isCancelled else { return }
+                    try await LingeringCloseHandler.start(on: conn.channel).get()
+                    try await conn.channel.closeFuture.get()
+                }
                 func tooLarge() -> APIResponse {
                     .error(.payloadTooLarge, "payload_too_large", "request bodies are limited to \(limits.maxBodyBytes) bytes")
                 }
@@ -40,17 +49,17 @@ enum APIConnection {
                     switch part {
                     case .head(let h):
                         body.clear()
-                        // Refused as soon as the head says so: the answer goes out at once and
-                        // the connection is closed without reading a body the client may
-                        // still be sending (or never send).
+                        // Refused as soon as the head says so: the answer goes out at once, and
+                        // a body the client may still be sending (or never send) is dropped
+                        // unparsed while the connection lingers.
                         if h.headers.count > limits.maxHeaders {
-                            try await send(Self.parts(.error(.requestHeaderFieldsTooLarge, "header_fields_too_large",
-                                                             "at most \(limits.maxHeaders) header fields are accepted"),
-                                                      version: h.version, keepAlive: false))
+                            try await refuse(.error(.requestHeaderFieldsTooLarge, "header_fields_too_large",
+                                                    "at most \(limits.maxHeaders) header fields are accepted"),
+                                             version: h.version)
                             return
                         }
                         if let len = h.headers.first(name: "content-length").flatMap(Int.init), len > limits.maxBodyBytes {
-                            try await send(Self.parts(tooLarge(), version: h.version, keepAlive: false))
+                            try await refuse(tooLarge(), version: h.version)
                             return
                         }
                         head = h
@@ -58,7 +67,7 @@ enum APIConnection {
                         guard let h = head else { continue }
                         // A chunked body has no length up front: refused once it passes the limit.
                         guard body.readableBytes + b.readableBytes <= limits.maxBodyBytes else {
-                            try await send(Self.parts(tooLarge(), version: h.version, keepAlive: false))
+                            try await refuse(tooLarge(), version: h.version)
                             return
                         }
                         body.writeBuffer(&b)

@@ -48,6 +48,7 @@ struct APIServer: Sendable {
                 metrics.connectionsRefused.increment()
                 return channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(LingeringCloseHandler())
                     try sync.addHandler(HTTPResponseEncoder())
                     try sync.addHandler(RefusalHandler(maxConnections: l.maxConnections))
                     return .refused
@@ -66,6 +67,7 @@ struct APIServer: Sendable {
                 let sync = channel.pipeline.syncOperations
                 try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
                 try sync.addHandler(JSONProtocolErrorHandler())
+                try sync.addHandler(BodyDeadlineHandler(seconds: l.requestBodyTimeout))
                 // The head deadline: armed by the first raw byte of a request (before the
                 // decoder), disarmed by the decoded head (right after the decoder, so a
                 // pipelined head counts when it is parsed, not when the previous answer is done).
@@ -77,6 +79,8 @@ struct APIServer: Sendable {
                 try sync.addHandler(IdleCloseHandler(tracker: tracker), position: .first)
                 try sync.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(l.idleTimeout * 1000))),
                                     name: "idle", position: .first)
+                // Nearest the socket: once it lingers, nothing it drops reaches the others.
+                try sync.addHandler(LingeringCloseHandler(), position: .first)
                 let conn = try HTTPConnection(wrappingChannelSynchronously: channel)
                 return .admitted(conn, cred, slot)
             }

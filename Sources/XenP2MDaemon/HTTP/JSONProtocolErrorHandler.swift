@@ -3,8 +3,9 @@ import NIOCore
 import NIOHTTP1
 import XenP2MAPI
 
-/// Turns HTTP parse errors into a JSON 400 (or 431) and closes: NIO's own handler sends
-/// an empty body, and every error of this API is JSON.
+/// Turns HTTP parse errors into a JSON 400 (or 431) and ends the connection with a
+/// lingering close (the client may still be sending the line or header it choked on):
+/// NIO's own handler sends an empty body, and every error of this API is JSON.
 final class JSONProtocolErrorHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -27,7 +28,9 @@ final class JSONProtocolErrorHandler: ChannelInboundHandler, RemovableChannelHan
         let head = HTTPResponseHead(version: .http1_1, status: tooLarge ? .requestHeaderFieldsTooLarge : .badRequest, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: payload)))), promise: nil)
-        let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in ctx.value.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            LingeringCloseHandler.start(on: channel).whenFailure { _ in channel.close(promise: nil) }
+        }
     }
 }

@@ -30,6 +30,8 @@ struct HTTPLimits: Sendable {
     var idleTimeout: Double
     /// Seconds from a request's first byte until its head must be complete.
     var requestHeadTimeout: Double
+    /// Seconds from a request's complete head until its body must be complete (408).
+    var requestBodyTimeout: Double
     /// Open connections of one listener (event streams not counted) beyond which a new
     /// one is answered 503 and closed.
     var maxConnections: Int

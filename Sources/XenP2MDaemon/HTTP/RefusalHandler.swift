@@ -3,7 +3,8 @@ import NIOHTTP1
 
 /// The whole pipeline of a connection over `http.max_connections` (after the response
 /// encoder): a 503 with `Retry-After` as soon as it is accepted, then close. What the client
-/// sends is never parsed: a refused connection costs no request handling.
+/// sends is never parsed: a refused connection costs no request handling. It ends with a
+/// lingering close (a client still writing its request reads the 503, not EPIPE).
 final class RefusalHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = HTTPServerResponsePart
@@ -39,7 +40,9 @@ final class RefusalHandler: ChannelInboundHandler {
         answered = true
         let parts = APIConnection.parts(Self.answer(maxConnections: maxConnections), version: .http1_1, keepAlive: false)
         for p in parts.dropLast() { context.write(wrapOutboundOut(p), promise: nil) }
-        let ctx = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(parts.last!)).whenComplete { _ in ctx.value.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(parts.last!)).whenComplete { _ in
+            LingeringCloseHandler.start(on: channel).whenFailure { _ in channel.close(promise: nil) }
+        }
     }
 }
