@@ -1250,7 +1250,8 @@ def state_full():
         # Hard check: /v1/health must report that incidents are not persisted.
         reported = (h2 is not None and h2.get("status") == "degraded" and il.get("writable") is False
                     and "No space left on device" in (il.get("last_error") or "")
-                    and il.get("unpersisted_events") == h2["incidents"] >= 6 and len(h2.get("problems") or []) == 1)
+                    and il.get("unpersisted_events") == h2["incidents"] >= 6
+                    and [p.split(" ")[0] for p in h2.get("problems") or []] == ["incident", "event"])
         running = a.proc.poll() is None and h2 is not None and h2["polls"] > h["polls"] and len(incidents) >= 6
         msg = ("keeps running and polling (polls %d -> %d); %d incidents served from memory, incidents.jsonl %d bytes, "
                "%d 'write failed' log line(s); /v1/health: status %r, incident_log writable=%r unpersisted=%r "

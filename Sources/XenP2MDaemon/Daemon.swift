@@ -55,8 +55,10 @@ public enum Daemon {
             }
         }
         let log: IncidentLog
+        let reservation: SeqReservation
         do {
             log = try IncidentLog(directory: config.stateDir, logger: logger)
+            reservation = try SeqReservation(directory: config.stateDir, logger: logger)
         } catch {
             throw DaemonError(message: "state directory \(config.stateDir): \(error)", exitCode: 1)
         }
@@ -66,7 +68,7 @@ public enum Daemon {
         let factory = PrometheusMetricsFactory(registry: registry)
         MetricsSystem.bootstrap(factory)
         let metrics = DaemonMetrics(registry: registry)
-        let hub = EventHub(log: log)
+        let hub = EventHub(log: log, reservation: reservation)
 
         var group: gid_t? = config.socketGroup.flatMap(groupID)
         let listener: Listener
@@ -128,7 +130,7 @@ public enum Daemon {
         } catch {
             throw DaemonError(message: "stopped on error: \(error)", exitCode: 1)
         }
-        if !hub.retryPersisting() {
+        if !hub.retryPersisting(), log.status().unpersistedEvents > 0 {
             let st = log.status()
             logger.error("incident log: incidents held in memory are lost: the log is still not writable", metadata: [
                 "path": "\(st.path)", "events": "\(st.unpersistedEvents)", "error": "\(st.lastError ?? "")",

@@ -725,10 +725,20 @@ import Glibc
                 .map { try APIJSON.decoder().decode(DaemonEvent.self, from: Data($0.utf8)) }
                 .filter { $0.kind.isIncident }
         }
+        func allEvents(_ d: DaemonUnderTest) throws -> [DaemonEvent] {
+            let r = try d.client.request("GET", "/v1/events?since=0&follow=0")
+            return try String(decoding: r.body, as: UTF8.self).split(separator: "\n")
+                .map { try APIJSON.decoder().decode(DaemonEvent.self, from: Data($0.utf8)) }
+        }
         let first = try DaemonUnderTest(dir: dir)
         first.removeOnDeinit = false
         try first.waitReady()
+        // The demo's ballooning guest: streamed-only events, numbered after the incidents
+        // and kept in no log.
+        #expect(first.eventually(30) { ((try? allEvents(first)) ?? []).contains { $0.kind == .memoryChanged } })
         let before = try incidents(first)
+        let seenBefore = try allEvents(first).map(\.seq).max() ?? 0
+        #expect(seenBefore > before.map(\.seq).max()!)
         #expect((Set(before.filter { $0.kind == .domainNew }.map(\.domid))) == ([1, 2, 3, 4, 5, 6]))
         first.signal(SIGKILL)
         #expect((first.waitExit(timeout: 10)) != nil)
@@ -743,6 +753,9 @@ import Glibc
         let newOnes = after.dropFirst(before.count)
         #expect(!newOnes.isEmpty)
         #expect(newOnes.allSatisfy { $0.seq > before.map(\.seq).max()! })
+        // Not a number a watcher saw before the kill, streamed events included.
+        let newSeqs = try allEvents(second).map(\.seq).filter { $0 > before.map(\.seq).max()! }
+        #expect(!newSeqs.isEmpty && newSeqs.allSatisfy { $0 > seenBefore }, "\(newSeqs.prefix(5)) after \(seenBefore)")
         // The file is valid JSON lines throughout.
         let lines = try String(contentsOfFile: dir + "/state/incidents.jsonl", encoding: .utf8).split(separator: "\n")
         #expect(lines.count == after.count)

@@ -14,13 +14,24 @@ final class EventHub: @unchecked Sendable {
     private(set) var incidentCount: UInt64 = 0
     /// Where incidents are persisted (nil: memory only, for tests).
     private let log: IncidentLog?
+    /// What keeps numbers increasing across restarts (nil: memory only, for tests).
+    private let reservation: SeqReservation?
 
-    init(log: IncidentLog?, keep: Int = 1000) {
+    init(log: IncidentLog?, reservation: SeqReservation? = nil, keep: Int = 1000) {
         self.log = log
+        self.reservation = reservation
         self.keep = keep
         recent = log?.loaded ?? []
-        nextSeq = (log?.lastSeq ?? 0) + 1
+        // The log alone for a state directory from before seq.reserved existed.
+        nextSeq = max((log?.lastSeq ?? 0) + 1, reservation?.firstFree ?? 1)
         incidentCount = UInt64(recent.count)
+    }
+
+    /// Why event numbers may repeat after a restart (nil: they will not).
+    var reservationProblem: String? {
+        lock.lock(); defer { lock.unlock() }
+        guard let r = reservation, r.failures > 0 else { return nil }
+        return "event numbers not reserved (\(r.lastError ?? "unknown error")): after a restart they may repeat"
     }
 
     var lastSeq: UInt64 {
@@ -31,10 +42,15 @@ final class EventHub: @unchecked Sendable {
     /// Whether incidents reach the disk (nil without a log).
     var persistence: IncidentLogHealth? { log?.status() }
 
-    /// Writes incidents held in memory after a failed append, if any. Returns whether
-    /// nothing is held any more.
+    /// Writes incidents held in memory after a failed append, and a reservation that
+    /// failed, if any. Returns whether nothing is held any more.
     @discardableResult
-    func retryPersisting() -> Bool { log?.retry() ?? true }
+    func retryPersisting() -> Bool {
+        lock.lock()
+        let reserved = reservation.map { $0.failures == 0 || $0.cover(nextSeq) } ?? true
+        lock.unlock()
+        return (log?.retry() ?? true) && reserved
+    }
 
     /// Numbers, persists and broadcasts an event the rules decided on.
     @discardableResult
@@ -48,6 +64,7 @@ final class EventHub: @unchecked Sendable {
     func publish(kind: EventKind, domid: UInt32, name: String?, uuid: String?, severity: Severity?,
                  previous: String? = nil, current: String? = nil, message: String) -> DaemonEvent {
         lock.lock()
+        reservation?.cover(nextSeq)
         let e = DaemonEvent(seq: nextSeq, time: Date(), kind: kind, domid: domid, name: name, uuid: uuid,
                             severity: severity, previous: previous, current: current, message: message)
         nextSeq += 1

@@ -15,6 +15,7 @@ extension Monitor {
             problems.append("incident log not writable (\(log.lastError ?? "unknown error")): \(log.unpersistedEvents) incidents held in memory only"
                 + (log.droppedEvents > 0 ? ", \(log.droppedEvents) dropped" : ""))
         }
+        if let why = hub.reservationProblem { problems.append(why) }
         return HealthStatus(
             status: polls == 0 ? "starting" : problems.isEmpty ? "ok" : "degraded", pid: getpid(), backend: host.backendName,
             uptimeSeconds: Double(up.components.seconds) + Double(up.components.attoseconds) / 1e18,
