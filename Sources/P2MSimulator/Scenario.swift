@@ -23,6 +23,8 @@ public struct Scenario: Sendable {
     public var domains: [DomainScenario]
     /// Faults of the host itself (listing domains, mapping the M2P).
     public var hostFaults: [HostFault] = []
+    /// `churn:`: guests created, destroyed, corrupted and repaired after every poll.
+    public var churn: ChurnPlan?
 
     public static func load(path: String) throws(ConfigError) -> Scenario {
         let text: String
@@ -36,7 +38,7 @@ public struct Scenario: Sendable {
 
     public static func parse(_ text: String, file: String) throws(ConfigError) -> Scenario {
         let doc = try YAMLMap.parse(text, file: file)
-        try doc.allowOnly(["host", "domains"])
+        try doc.allowOnly(["host", "domains", "churn"])
         var memory: UInt64 = 16
         var hostFaults: [HostFault] = []
         var zeroCopy = false
@@ -57,6 +59,7 @@ public struct Scenario: Sendable {
         }
         var s = Scenario(hostMemoryGiB: memory, domains: out, hostFaults: hostFaults)
         s.zeroCopy = zeroCopy
+        if let c = try doc.map("churn") { s.churn = try ChurnPlan.parse(c, taken: seen) }
         return s
     }
 
@@ -185,6 +188,9 @@ public final class SimulatedFleet: @unchecked Sendable {
     public let scenario: Scenario
     private let lock = NSLock()
     private var direction: [DomID: Bool] = [:] // true = growing
+    private var churn = ChurnState()
+    /// The churn's steps so far, newest last (at most 100 kept).
+    public private(set) var churnLog: [ChurnStep] = []
 
     public init(_ scenario: Scenario) throws {
         self.scenario = scenario
@@ -207,11 +213,20 @@ public final class SimulatedFleet: @unchecked Sendable {
         try SimulatedFleet(Scenario.parse(DemoFleet.yaml, file: "<built-in demo fleet>"))
     }
 
-    /// One step of every balloon plan. Returns the domains that changed.
+    /// One step of every balloon plan, and of the churn. Returns the domains that changed.
     @discardableResult
     public func tick() throws -> [DomID] {
         lock.lock(); defer { lock.unlock() }
         var changed: [DomID] = []
+        if let plan = scenario.churn {
+            var rng = SystemRandomNumberGenerator()
+            let step = try churn.step(plan, host: host, rng: &rng)
+            churnLog.append(step)
+            if churnLog.count > 100 { churnLog.removeFirst(churnLog.count - 100) }
+            switch step {
+            case .created(let d, _), .destroyed(let d), .corrupted(let d, _), .repaired(let d, _): changed.append(d)
+            }
+        }
         for d in scenario.domains {
             guard let plan = d.balloon, let now = host.populatedPages(d.spec.domid) else { continue }
             var up = direction[d.spec.domid] ?? (now < plan.maxPages)
