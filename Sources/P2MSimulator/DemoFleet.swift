@@ -19,6 +19,10 @@ public enum DemoFleet {
 #   identity         [{start_pfn, count}] 1:1 ranges (holes in RAM)
 #   balloon          {min_mib, max_mib, step_mib}: moves one step per poll
 #   faults           [{kind, pfn|leaf|index|chunk|value|count|same_as}], see README
+# churn              {first_domid, last_domid, max_domains, memory_mib}: after every
+#                    poll a guest in that domid range is created (domids reused as
+#                    new guests), destroyed, given an M2P mismatch or repaired
+#                    (scripts/soak.sh); defaults 100, 115, 8, 64
 host:
   memory_gib: 32
 domains:
