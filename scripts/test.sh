@@ -2,7 +2,8 @@
 # The whole test suite (what CI runs): installs build dependencies, then
 #   1. every Swift test target (engine, simulator, Xen backend, dump-core, daemon end to end),
 #   2. a one-minute smoke of the guest-memory fuzzer,
-#   3. the socket-abuse and process-fault suite against the real daemon,
+#   3. the socket-abuse and process-fault suite against the real daemon, then a 3-minute
+#      soak of it on a churning simulated fleet (scripts/soak.sh),
 #   4. the alert rules' unit tests (promtool) and a real Prometheus + Alertmanager against
 #      three daemons on loopback (scripts/prometheus-test.sh, about a minute),
 #   5. the real-Xen test bed on both releases: per release, the Debian package built by
@@ -35,6 +36,7 @@ stage "swift tests" bash -c 'swift build --build-tests && swift test --skip-buil
 if [ "${XENP2M_TEST_QUICK:-0}" != 1 ]; then
   stage "fuzz smoke (60 s)" bash scripts/fuzz.sh 60
   stage "socket abuse and process faults" bash scripts/abuse.sh
+  stage "soak (3 min, churning fleet)" bash scripts/soak.sh 3
   stage "Prometheus and Alertmanager (rule tests, three hosts)" bash scripts/prometheus-test.sh
   stage "Debian packages and the real-Xen test bed (bookworm, trixie)" bash scripts/testbed/run.sh
 fi
